@@ -1,0 +1,55 @@
+"""plexa: a plugin-based training platform for neural networks.
+
+`import plexa` stays light: the plugin API is loaded on first use, and torch, Lightning, MLflow
+and ONNX Runtime only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Architecture": "plexa.plugins",
+    "DataPlugin": "plexa.plugins",
+    "PluginConfig": "plexa.plugins",
+    "DataSpec": "plexa.plugins",
+    "DataSplits": "plexa.plugins",
+    "Split": "plexa.plugins",
+    "architecture": "plexa.plugins",
+    "data": "plexa.plugins",
+    "PluginError": "plexa.plugins",
+    "load_pipeline": "plexa.config",
+    "ConfigError": "plexa.config",
+    "run": "plexa.orchestrator",
+    "RunResult": "plexa.runners",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from plexa.config import ConfigError, load_pipeline
+    from plexa.orchestrator import run
+    from plexa.plugins import (
+        Architecture,
+        DataPlugin,
+        DataSpec,
+        DataSplits,
+        PluginConfig,
+        PluginError,
+        Split,
+        architecture,
+        data,
+    )
+    from plexa.runners import RunResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plexa' has no attribute '{name}'")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,296 @@
+"""Plugin contracts, the two registries, and entry-point discovery.
+
+Discovery reads entry-point metadata only; a plugin's module is imported the first time a
+pipeline (or `plexa plugins`) asks for it, so one broken plugin never breaks the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+Task = Literal["classification", "regression", "sequence", "language-model", "generative"]
+TASKS: tuple[str, ...] = ("classification", "regression", "sequence", "language-model", "generative")
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's own `Config`: unknown keys are an error, values are checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data, and what an export needs to describe it.
+
+    `normalisation` says how raw inputs were turned into the arrays the model sees
+    (`x = (raw - mean) / std`); a server applies it to raw requests.
+    """
+
+    task: str
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    input_dtype: str = "float32"
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    output_dim: int | None = None  # regression targets per sample
+    feature_names: tuple[str, ...] | None = None
+    target_names: tuple[str, ...] | None = None
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    target_normalisation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_size(self) -> int:
+        if self.task == "classification":
+            if not self.num_classes:
+                raise ValueError("a classification DataSpec needs num_classes")
+            return self.num_classes
+        return self.output_dim or 1
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split held in memory: inputs `x` and targets `y` as numpy arrays."""
+
+    x: Any
+    y: Any
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    spec: DataSpec
+    train: Split
+    val: Split
+    test: Split
+
+
+class Plugin:
+    """Common base: a name given at registration and a `Config` the plugin owns."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+
+class Architecture(Plugin):
+    """A network family.
+
+    `build` returns a plain `nn.Module` (the core wraps it in its task's LightningModule: loss,
+    metrics, optimiser) or a full `LightningModule` that brings its own training step.
+    """
+
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "regression"})
+
+    def build(self, config: Any, data: DataSpec) -> Any:
+        raise NotImplementedError
+
+    def search_space(self) -> dict[str, Any]:
+        """The default NAS space as plain data, e.g. {"dropout": {"uniform": [0, 0.5]}}."""
+        return {}
+
+    def export_module(self, model: Any) -> Any:
+        """The part of a trained model that goes to ONNX (a generator, a decoder, the whole net)."""
+        return model
+
+
+class DataPlugin(Plugin):
+    """A data set. `task` must be cheap: validation calls it without loading anything."""
+
+    def task(self, config: Any) -> str:
+        raise NotImplementedError
+
+    def load(self, config: Any, seed: int) -> DataSplits:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class PluginError(Exception):
+    """Any problem with a plugin; the message names the plugin."""
+
+
+class PluginNotFoundError(PluginError, KeyError):
+    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+        self.kind, self.name, self.available = kind, name, available
+        listed = ", ".join(available) or "none"
+        super().__init__(f"unknown {kind} plugin '{name}'; available: {listed}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class DuplicatePluginError(PluginError):
+    pass
+
+
+class PluginLoadError(PluginError):
+    """A plugin that failed to import or breaks the contract (flake8's FailedToLoadPlugin)."""
+
+    def __init__(self, kind: str, name: str, distribution: str, cause: BaseException) -> None:
+        self.kind, self.name, self.distribution, self.cause = kind, name, distribution, cause
+        super().__init__(
+            f"{kind} plugin '{name}' from distribution '{distribution}' failed to load: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+# --------------------------------------------------------------------------- registry
+
+P = TypeVar("P", bound=Plugin)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    kind: str
+    distribution: str
+    version: str
+    status: str  # "ok" or the load error
+
+
+@dataclass
+class _Entry:
+    name: str
+    distribution: str
+    version: str
+    entry_point: EntryPoint | None = None
+    cls: type[Plugin] | None = None
+
+
+def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    return (dist.metadata["Name"], dist.version) if dist is not None else ("unknown", "")
+
+
+class Registry:
+    """Name -> plugin class for one kind, fed by decorators and by an entry-point group."""
+
+    def __init__(self, kind: str, group: str, base: type[Plugin]) -> None:
+        self.kind, self.group, self.base = kind, group, base
+        self._entries: dict[str, _Entry] = {}
+        self._duplicates: dict[str, list[str]] = {}
+        self._discovered = False
+
+    # discovery reads metadata only: no plugin module is imported here
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for ep in entry_points(group=self.group):
+            dist, version = _dist_of(ep)
+            known = self._entries.get(ep.name)
+            if known is None:
+                self._entries[ep.name] = _Entry(ep.name, dist, version, entry_point=ep)
+            elif known.entry_point is not None and known.entry_point.value == ep.value:
+                continue  # the same distribution seen twice on sys.path
+            else:
+                self._duplicates.setdefault(ep.name, [known.distribution]).append(dist)
+
+    def register(
+        self, name: str, cls: type[P], *, override: bool = False, distribution: str = "__main__"
+    ) -> type[P]:
+        self._discover()
+        self._check_contract(name, cls)
+        known = self._entries.get(name)
+        if known is not None and not override and not self._same(known, cls):
+            raise DuplicatePluginError(
+                f"{self.kind} plugin '{name}' is already registered by '{known.distribution}'; "
+                "pass override=True to replace it"
+            )
+        if known is not None and self._same(known, cls):
+            distribution, version = known.distribution, known.version
+        else:
+            version = ""
+        cls.name = name
+        self._entries[name] = _Entry(name, distribution, version, cls=cls)
+        self._duplicates.pop(name, None)
+        return cls
+
+    @staticmethod
+    def _same(entry: _Entry, cls: type) -> bool:
+        """A plugin module that decorates itself and is also named by its entry point."""
+        if entry.cls is cls:
+            return True
+        ep = entry.entry_point
+        return ep is not None and ep.value == f"{cls.__module__}:{cls.__qualname__}"
+
+    def _check_contract(self, name: str, cls: Any) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{self.kind} plugin '{name}' must subclass plexa.{self.base.__name__}")
+        config = getattr(cls, "Config", None)
+        if not (isinstance(config, type) and issubclass(config, PluginConfig)):
+            raise TypeError(f"{self.kind} plugin '{name}' needs a Config subclassing PluginConfig")
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> type[Plugin]:
+        self._discover()
+        if name in self._duplicates:
+            dists = ", ".join(sorted(self._duplicates[name]))
+            raise DuplicatePluginError(
+                f"{self.kind} plugin '{name}' is provided by more than one distribution ({dists}); "
+                "uninstall one of them"
+            )
+        entry = self._entries.get(name)
+        if entry is None:
+            raise PluginNotFoundError(self.kind, name, self.names())
+        if entry.cls is None:
+            assert entry.entry_point is not None
+            try:
+                cls = entry.entry_point.load()
+                self._check_contract(name, cls)
+            except Exception as exc:  # any failure inside a third-party module
+                raise PluginLoadError(self.kind, name, entry.distribution, exc) from exc
+            cls.name = name
+            entry.cls = cls
+        return entry.cls
+
+    def create(self, name: str) -> Plugin:
+        return self.get(name)()
+
+    def info(self) -> Iterator[PluginInfo]:
+        """Load every plugin to report its status; a failure is reported, never raised."""
+        for name in self.names():
+            entry = self._entries[name]
+            try:
+                self.get(name)
+                status = "ok"
+            except PluginError as exc:
+                status = str(exc)
+            yield PluginInfo(name, self.kind, entry.distribution, entry.version, status)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+
+architectures = Registry("architecture", "plexa.architectures", Architecture)
+datasets = Registry("data", "plexa.data", DataPlugin)
+
+
+def _decorator(registry: Registry, name: str, override: bool) -> Callable[[type[P]], type[P]]:
+    def register(cls: type[P]) -> type[P]:
+        return registry.register(name, cls, override=override, distribution=cls.__module__)
+
+    return register
+
+
+def architecture(name: str, *, override: bool = False) -> Callable[[type[P]], type[P]]:
+    """Class decorator: `@plexa.architecture("my-cnn")`."""
+    return _decorator(architectures, name, override)
+
+
+def data(name: str, *, override: bool = False) -> Callable[[type[P]], type[P]]:
+    """Class decorator: `@plexa.data("my-data")`."""
+    return _decorator(datasets, name, override)
+
+
+def all_plugins() -> list[PluginInfo]:
+    return [*architectures.info(), *datasets.info()]

@@ -1,0 +1,1 @@
+"""First-party data plugins, registered through the `plexa.data` entry points."""

@@ -1,0 +1,1 @@
+"""First-party architecture plugins, registered through the `plexa.architectures` entry points."""

@@ -1,0 +1,45 @@
+"""`mlp`: a feedforward network for classification and regression on flat features."""
+
+from __future__ import annotations
+
+from math import prod
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plexa.plugins import Architecture, DataSpec, PluginConfig
+
+
+class MLP(Architecture):
+    tasks = frozenset({"classification", "regression"})
+
+    class Config(PluginConfig):
+        hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+        activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
+        dropout: float = Field(0.0, ge=0, lt=1)
+        batch_norm: bool = False
+
+    def build(self, config: Config, data: DataSpec) -> Any:
+        from torch import nn
+
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = prod(data.input_shape)
+        for size in config.hidden:
+            layers.append(nn.Linear(width, size))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(act[config.activation]())
+            if config.dropout:
+                layers.append(nn.Dropout(config.dropout))
+            width = size
+        layers.append(nn.Linear(width, data.output_size))
+        return nn.Sequential(*layers)
+
+    def search_space(self) -> dict[str, Any]:
+        return {
+            "hidden": {"choice": [[64], [128, 64], [256, 128], [256, 128, 64]]},
+            "activation": {"choice": ["relu", "gelu", "tanh"]},
+            "dropout": {"uniform": [0.0, 0.5]},
+            "batch_norm": {"choice": [False, True]},
+        }
