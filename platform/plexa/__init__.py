@@ -27,7 +27,22 @@ _LAZY = {
     "RunResult": "plexa.runners",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Architecture",
+    "ConfigError",
+    "DataPlugin",
+    "DataSpec",
+    "DataSplits",
+    "PluginConfig",
+    "PluginError",
+    "RunResult",
+    "Split",
+    "__version__",
+    "architecture",
+    "data",
+    "load_pipeline",
+    "run",
+]
 
 if TYPE_CHECKING:
     from plexa.config import ConfigError, load_pipeline

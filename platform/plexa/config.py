@@ -219,11 +219,13 @@ def validate(raw: Mapping[str, Any], source: str = "pipeline") -> PipelineSpec:
         task = data_cls().task(data_cfg)
         if task not in arch_cls.tasks:
             supported = ", ".join(sorted(arch_cls.tasks))
-            problems.append((
-                "model.plugin",
-                f"architecture '{arch_cls.name}' does not support the {task} task of data "
-                f"'{data_cls.name}' (it supports: {supported})",
-            ))
+            problems.append(
+                (
+                    "model.plugin",
+                    f"architecture '{arch_cls.name}' does not support the {task} task of data "
+                    f"'{data_cls.name}' (it supports: {supported})",
+                )
+            )
     if problems:
         raise ConfigError(problems, source)
     assert spec is not None and data_cfg is not None and arch_cfg is not None

@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-Task = Literal["classification", "regression", "sequence", "language-model", "generative"]
-TASKS: tuple[str, ...] = ("classification", "regression", "sequence", "language-model", "generative")
 
 
 class PluginConfig(BaseModel):

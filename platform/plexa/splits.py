@@ -36,9 +36,7 @@ def split(
 
     idx = np.arange(len(x))
     labels = y if stratify else None
-    rest, test = train_test_split(
-        idx, test_size=test_fraction, random_state=seed, stratify=labels
-    )
+    rest, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
     rest_labels = y[rest] if stratify else None
     train, val = train_test_split(
         rest,
@@ -54,9 +52,8 @@ def standardise(
 ) -> tuple[tuple[Split, Split, Split], dict[str, Any], dict[str, Any]]:
     """Scale features (and regression targets) by the training split's mean and std."""
     train = splits[0]
-    mean, std = train.x.mean(0), train.x.std(0)
-    std = np.where(std > 0, std, 1.0)
-    t_mean, t_std = (train.y.mean(0), train.y.std(0) or 1.0) if targets else (0.0, 1.0)
+    mean, std = train.x.mean(0), _nonzero(train.x.std(0))
+    t_mean, t_std = (train.y.mean(0), _nonzero(train.y.std(0))) if targets else (0.0, 1.0)
     out = tuple(
         Split(
             ((s.x - mean) / std).astype(np.float32),
@@ -65,5 +62,9 @@ def standardise(
         for s in splits
     )
     norm = {"mean": mean.tolist(), "std": std.tolist()}
-    target_norm = {"mean": float(t_mean), "std": float(t_std)} if targets else {}
-    return out, norm, target_norm  # type: ignore[return-value]
+    target_norm = {"mean": np.asarray(t_mean).tolist(), "std": np.asarray(t_std).tolist()}
+    return out, norm, (target_norm if targets else {})  # type: ignore[return-value]
+
+
+def _nonzero(std: np.ndarray) -> np.ndarray:
+    return np.where(std > 0, std, 1.0)

@@ -6,10 +6,9 @@ import csv as _csv
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
-
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split, standardise
+from pydantic import model_validator
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
@@ -72,8 +71,7 @@ class CSV(DataPlugin):
                     x[i, j] = float(row[col])
                 except (TypeError, ValueError):
                     raise ValueError(
-                        f"{config.path} line {i + 2}, column '{col}': "
-                        f"'{row[col]}' is not a number"
+                        f"{config.path} line {i + 2}, column '{col}': '{row[col]}' is not a number"
                     ) from None
         task = self.task(config)
         targets = [row[config.target] for row in rows]

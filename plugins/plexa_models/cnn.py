@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
-
 from plexa.plugins import Architecture, DataSpec, PluginConfig
+from pydantic import Field, field_validator
 
 
 class CNN(Architecture):
@@ -43,7 +42,9 @@ class CNN(Architecture):
             raise ValueError(f"cnn needs image inputs (C, H, W) or (H, W), got {data.input_shape}")
         in_ch, height, width = shape
         # (N, H, W) inputs gain a channel axis
-        blocks: list[nn.Module] = [] if len(data.input_shape) == 3 else [nn.Unflatten(1, (1, height))]
+        blocks: list[nn.Module] = (
+            [] if len(data.input_shape) == 3 else [nn.Unflatten(1, (1, height))]
+        )
         for out_ch in config.channels:
             blocks += [
                 nn.Conv2d(in_ch, out_ch, config.kernel_size, padding=config.kernel_size // 2),

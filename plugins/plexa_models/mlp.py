@@ -5,9 +5,8 @@ from __future__ import annotations
 from math import prod
 from typing import Any, Literal
 
-from pydantic import Field
-
 from plexa.plugins import Architecture, DataSpec, PluginConfig
+from pydantic import Field
 
 
 class MLP(Architecture):

@@ -1,0 +1,65 @@
+"""Lightning callbacks every runner uses: per-epoch seeding, and the per-epoch report that feeds
+the console and the tracker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+EpochSink = Callable[[int, dict[str, float]], None]
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch from (seed, epoch, rank) at each epoch start.
+
+    An epoch's dropout masks then do not depend on the RNG history before it, so a run resumed
+    from a checkpoint continues exactly like an uninterrupted one.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(
+            self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank
+        )
+
+
+class EpochReport(L.Callback):
+    """Gathers one epoch's metrics, learning rate, time and throughput, and hands them to sinks.
+
+    Runs on rank zero only; the metrics it reads were already reduced over ranks.
+    """
+
+    def __init__(self, sinks: list[EpochSink]) -> None:
+        self.sinks = sinks
+        self._start = 0.0
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._samples = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._samples += len(batch[0])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] != "test"
+        }
+        metrics["epoch_seconds"] = seconds
+        metrics["samples_per_second"] = self._samples * trainer.world_size / max(seconds, 1e-9)
+        metrics["global_step"] = float(trainer.global_step)
+        if trainer.optimizers:
+            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        for sink in self.sinks:
+            sink(trainer.current_epoch, metrics)

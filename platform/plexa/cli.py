@@ -1,0 +1,262 @@
+"""The `plexa` command. Thin: parse, call the orchestrator, print. Heavy imports happen inside
+each command so `plexa --help` answers at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from plexa.runners import RunResult
+
+app = typer.Typer(
+    name="plexa",
+    help="Train neural networks from YAML pipelines: Lightning, MLflow, ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+Pipeline = Annotated[Path, typer.Argument(help="A pipeline YAML file.", show_default=False)]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Overrides such as train.max_epochs=2.", show_default=False),
+]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow store; default MLFLOW_TRACKING_URI or ./mlflow.db."
+    ),
+]
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for plexa's own lines: library chatter goes to WARNING and above."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _console().print(f"[red]error:[/red] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(pipeline: Path, overrides: list[str] | None):  # -> PipelineSpec
+    from plexa.config import ConfigError, load_pipeline
+
+    try:
+        return load_pipeline(pipeline, overrides or [])
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+
+
+def _is_rank_zero() -> bool:
+    from plexa.orchestrator import global_rank
+
+    return global_rank() == 0
+
+
+@app.command()
+def validate(pipeline: Pipeline, overrides: Overrides = None) -> None:
+    """Check a pipeline and every plugin's params; print the resolved pipeline."""
+    spec = _load(pipeline, overrides)
+    console = _console()
+    console.print(spec.to_yaml(), end="", markup=False)
+    console.print(f"[green]valid[/green]: {pipeline} (task: {spec.task()})")
+
+
+@app.command()
+def run(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue this MLflow run from its last checkpoint."),
+    ] = None,
+) -> None:
+    """Train, test, track and export a pipeline."""
+    spec = _load(pipeline, overrides)
+    _quiet_libraries()
+    from plexa import orchestrator
+    from plexa.export import ParityError
+    from plexa.plugins import PluginError
+    from plexa.runners import RunInterrupted
+    from plexa.tracking import RunNotFoundError
+
+    console = _console()
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        verb = f"resuming run {resume} of" if resume else "training"
+        console.print(
+            f"[bold]plexa[/bold] {verb} [cyan]{spec.name}[/cyan]: "
+            f"{spec.model.plugin} on {spec.data.plugin}, {spec.train.max_epochs} epochs"
+        )
+
+    def epoch_line(epoch: int, metrics: dict[str, float]) -> None:
+        shown = "  ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))
+        )
+        console.print(
+            f"epoch {epoch + 1:>3}/{spec.train.max_epochs}  {shown}  "
+            f"lr {metrics.get('lr', 0):.2e}  {metrics['epoch_seconds']:.2f}s",
+            markup=False,
+        )
+
+    try:
+        result = orchestrator.run(spec, resume=resume, sinks=[epoch_line])
+    except RunInterrupted as exc:
+        console.print(
+            f"\n[yellow]interrupted[/yellow]: run {exc.run_id} is marked KILLED; "
+            f"last checkpoint {exc.last_checkpoint}"
+        )
+        console.print(f"continue it with: plexa run {pipeline} --resume {exc.run_id}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (orchestrator.ResumeError, RunNotFoundError, PluginError) as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    except ParityError as exc:
+        raise _fail(str(exc), 1) from None
+    if rank_zero:
+        _summary(console, pipeline, result)
+
+
+def _summary(console: Console, pipeline: Path, result: RunResult) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.pipeline}: done in {result.seconds:.1f}s", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("MLflow run", str(result.run_id))
+    table.add_row("tracking", str(result.tracking_uri))
+    if result.best_checkpoint:
+        table.add_row("best checkpoint", str(result.best_checkpoint))
+    if result.export is not None:
+        ex = result.export
+        table.add_row("ONNX", str(ex.path))
+        table.add_row(
+            "ONNX parity",
+            f"max abs diff {ex.max_abs_diff:.2e} (tolerance "
+            f"{ex.tolerance:.0e}, {ex.samples} held-out samples)",
+        )
+        if ex.registered_name:
+            table.add_row("registered", f"models:/{ex.registered_name}/{ex.registered_version}")
+    console.print(table)
+    console.print(f"dashboard: plexa ui    rerun: plexa run {pipeline}")
+
+
+@app.command()
+def plugins() -> None:
+    """List every architecture and data plugin, and whether it loads."""
+    from rich.table import Table
+
+    from plexa.plugins import all_plugins
+
+    table = Table("name", "kind", "distribution", "version", "status")
+    for info in all_plugins():
+        status = "[green]ok[/green]" if info.status == "ok" else f"[red]{info.status}[/red]"
+        table.add_row(info.name, info.kind, info.distribution, info.version, status)
+    _console().print(table)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 20,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Recent plexa runs with their main metrics."""
+    _quiet_libraries()
+    from rich.table import Table
+
+    from plexa.tracking import recent_runs
+
+    table = Table("run id", "pipeline", "status", "started", "metrics")
+    for run in recent_runs(limit, tracking_uri):
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.metrics.items())
+        table.add_row(run.run_id, run.pipeline, run.status, run.started, metrics)
+    _console().print(table)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="An MLflow run id.", show_default=False)],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Export a run's best checkpoint to ONNX again, check parity, log and register it."""
+    _quiet_libraries()
+    from plexa import orchestrator
+    from plexa.config import ConfigError
+    from plexa.export import ParityError
+    from plexa.tracking import RunNotFoundError
+
+    try:
+        result = orchestrator.export_run(run_id, tracking_uri)
+    except (RunNotFoundError, orchestrator.ResumeError, ConfigError) as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    except ParityError as exc:
+        raise _fail(str(exc), 1) from None
+    registered = (
+        f", registered as models:/{result.registered_name}/{result.registered_version}"
+        if result.registered_name
+        else ""
+    )
+    _console().print(
+        f"ONNX: {result.path} (parity max abs diff {result.max_abs_diff:.2e}{registered})"
+    )
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface; keep 127.0.0.1 unless you add auth.")] = (
+        "127.0.0.1"
+    ),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Open the MLflow dashboard over the same store plexa logs to."""
+    from plexa.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    _console().print(f"MLflow dashboard for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, args)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

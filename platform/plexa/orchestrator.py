@@ -1,0 +1,224 @@
+"""The one flow every pipeline takes: spec -> plugins -> data -> model -> runner -> tracking ->
+export. Thin assembly; each step lives in the module its name says."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plexa.config import PipelineSpec
+from plexa.plugins import architectures, datasets
+from plexa.runners import RunInterrupted, RunResult
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from plexa.callbacks import EpochSink
+    from plexa.export import ExportResult
+    from plexa.plugins import DataSplits
+    from plexa.tracking import Tracker
+
+RUN_DIR_ENV = "PLEXA_RUN_DIR"  # tells DDP ranks > 0 where rank zero keeps checkpoints
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("PLEXA_RUNS_DIR", "plexa-runs")).absolute()
+
+
+def global_rank() -> int:
+    """This process's rank; DDP worker processes are launched with these set."""
+    for var in ("RANK", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def run(
+    spec: PipelineSpec,
+    *,
+    resume: str | None = None,
+    sinks: Sequence[EpochSink] = (),
+    callbacks: Sequence[L.Callback] = (),
+) -> RunResult:
+    """Train, test, track and export one pipeline. `resume` is an MLflow run id."""
+    from plexa.runners import local
+
+    started = time.perf_counter()
+    arch, data, net, module = _assemble(spec)
+    monitor = getattr(module, "monitor", ("val/loss", "min"))
+
+    if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        local.run(spec, data, module, run_dir, monitor=monitor, callbacks=callbacks)
+        return RunResult(spec.name, None, "FINISHED", model=module)
+
+    from plexa import tracking
+
+    if resume:
+        _check_resume(spec, resume)
+    with tracking.open_run(spec, resume) as tracker:
+        run_dir = runs_root() / tracker.run_id
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        resume_from = _checkpoint(tracker.run_id, run_dir, "last") if resume else None
+        if not resume:
+            _log_setup(tracker, module, data, run_dir)
+        try:
+            trained = local.run(
+                spec,
+                data,
+                module,
+                run_dir,
+                monitor=monitor,
+                sinks=[tracker.epoch_sink, *sinks],
+                callbacks=callbacks,
+                resume_from=resume_from,
+            )
+        except RunInterrupted as exc:
+            if exc.last_checkpoint and exc.last_checkpoint.exists():
+                tracker.log_artifact(exc.last_checkpoint, "checkpoints")
+            raise RunInterrupted(tracker.run_id, exc.last_checkpoint) from None
+
+        tracker.log_metrics(trained.metrics)
+        _log_results(tracker, trained.module, data)
+        for ckpt in (trained.best_checkpoint, trained.last_checkpoint):
+            if ckpt is not None:
+                tracker.log_artifact(ckpt, "checkpoints")
+        exported = None
+        if spec.export.onnx:
+            from plexa.export import export_onnx, log_onnx
+
+            exported = export_onnx(
+                arch.export_module(net), spec, data, run_dir / "export", tracker.run_id
+            )
+            exported = log_onnx(exported, spec, data.spec)
+
+    return RunResult(
+        pipeline=spec.name,
+        run_id=tracker.run_id,
+        status="FINISHED",
+        metrics=trained.metrics,
+        best_checkpoint=trained.best_checkpoint,
+        last_checkpoint=trained.last_checkpoint,
+        export=exported,
+        seconds=time.perf_counter() - started,
+        tracking_uri=tracker.uri,
+        model=trained.module,
+    )
+
+
+def _check_resume(spec: PipelineSpec, run_id: str) -> None:
+    """Only an unfinished run of the very same pipeline can be continued exactly."""
+    import yaml
+
+    from plexa import tracking
+
+    run = tracking.get_run(run_id, spec.tracking.uri)
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already finished; nothing to resume")
+    logged = tracking.flatten(yaml.safe_load(tracking.logged_pipeline(run_id, spec.tracking.uri)))
+    now = tracking.flatten(yaml.safe_load(spec.to_yaml()))
+    changed = sorted(k for k in logged.keys() | now.keys() if logged.get(k) != now.get(k))
+    if changed:
+        raise ResumeError(
+            f"run {run_id} was started with a different pipeline; differing keys: "
+            + ", ".join(changed)
+        )
+
+
+def _checkpoint(run_id: str, run_dir: Path, name: str) -> Path:
+    """The run's own checkpoint file, or the copy logged to MLflow when the folder is gone."""
+    local = run_dir / "checkpoints" / f"{name}.ckpt"
+    if local.exists():
+        return local
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"checkpoints/{name}.ckpt", dst_path=str(run_dir)
+        )
+    except Exception as exc:
+        raise ResumeError(
+            f"run {run_id} has no {name} checkpoint (looked in {local} and the run's artifacts)"
+        ) from exc
+    return Path(path)
+
+
+def _assemble(spec: PipelineSpec) -> tuple[Any, DataSplits, Any, L.LightningModule]:
+    """Plugins -> data -> network -> LightningModule, seeded so weights start the same."""
+    import lightning as L
+
+    from plexa.tasks import wrap
+
+    arch = architectures.create(spec.model.plugin)
+    L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    data = datasets.create(spec.data.plugin).load(spec.data_config(), spec.train.seed)
+    net = arch.build(spec.model_config_(), data.spec)
+    return arch, data, net, wrap(net, data.spec.task, spec.train)
+
+
+def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
+    """Rebuild a finished run's model from its logged pipeline and best checkpoint, export it
+    to ONNX again and log it to the same run."""
+    import torch
+    import yaml
+
+    from plexa import tracking
+    from plexa.config import validate
+    from plexa.export import export_onnx, log_onnx
+
+    run = tracking.get_run(run_id, tracking_uri)
+    raw = yaml.safe_load(tracking.logged_pipeline(run_id, tracking_uri))
+    spec = validate(raw, f"pipeline of run {run_id}")
+    if tracking_uri:
+        spec.tracking.uri = tracking_uri
+    arch, data, net, module = _assemble(spec)
+    run_dir = Path(run.data.tags.get("plexa.run_dir", runs_root() / run_id))
+    try:
+        ckpt = _checkpoint(run_id, run_dir, "best")
+    except ResumeError:
+        ckpt = _checkpoint(run_id, run_dir, "last")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    with tracking.reopen(run_id, spec.tracking.uri):
+        result = export_onnx(arch.export_module(net), spec, data, run_dir / "export", run_id)
+        return log_onnx(result, spec, data.spec)
+
+
+def _log_setup(tracker: Tracker, module: Any, data: DataSplits, run_dir: Path) -> None:
+    import mlflow
+
+    mlflow.log_params(
+        {
+            "model.parameters": sum(p.numel() for p in module.parameters()),
+            "data.train_size": len(data.train),
+            "data.val_size": len(data.val),
+            "data.test_size": len(data.test),
+        }
+    )
+    tracker.set_tags({"plexa.run_dir": str(run_dir)})
+
+
+def _log_results(tracker: Tracker, module: Any, data: DataSplits) -> None:
+    """Learning curves from the store (complete across resumes) and a confusion matrix."""
+    from plexa import plots
+
+    names = [f"{s}/{m}" for s in ("train", "val") for m in ("loss", "acc", "r2", "mae")]
+    history = {k: v for k, v in tracker.history(names).items() if v}
+    if history:
+        tracker.log_figure(plots.curves(history), "learning_curves.png")
+    outputs = getattr(module, "test_outputs", None)
+    if data.spec.task == "classification" and outputs:
+        import torch
+
+        logits = torch.cat([o for o, _ in outputs])
+        targets = torch.cat([t for _, t in outputs])
+        names_ = data.spec.class_names or tuple(str(i) for i in range(data.spec.output_size))
+        figure = plots.confusion(targets.tolist(), logits.argmax(1).tolist(), names_)
+        tracker.log_figure(figure, "confusion_matrix.png")

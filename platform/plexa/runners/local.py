@@ -1,0 +1,151 @@
+"""The local runner: Lightning on this machine, on CPU, one GPU, or several GPUs with DDP."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from plexa.callbacks import EpochReport, EpochSeed, EpochSink
+from plexa.config import PipelineSpec
+from plexa.loaders import DeviceBatches, to_tensors
+from plexa.plugins import DataSplits
+from plexa.runners import RunInterrupted
+
+
+class MemoryData(L.LightningDataModule):
+    """Serves in-memory splits through `DeviceBatches`, placed on this rank's device."""
+
+    def __init__(self, data: DataSplits, batch_size: int, seed: int, limit: int | None) -> None:
+        super().__init__()
+        self.data, self.batch_size, self.seed, self.limit = data, batch_size, seed, limit
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _batches(self, stage: str, shuffle: bool) -> DeviceBatches:
+        trainer = self.trainer
+        assert trainer is not None
+        if stage not in self._cache:
+            split = getattr(self.data, stage)
+            self._cache[stage] = to_tensors(split, trainer.strategy.root_device)
+        x, y = self._cache[stage]
+        return DeviceBatches(
+            x,
+            y,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            epoch=lambda: trainer.current_epoch,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            limit_batches=self.limit,
+        )
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> DeviceBatches:
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._batches("test", shuffle=False)
+
+
+@dataclass
+class Trained:
+    module: L.LightningModule
+    metrics: dict[str, float]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+
+
+def _accelerator(spec: PipelineSpec) -> tuple[str, int | str, str]:
+    accelerator = spec.compute.accelerator
+    devices = spec.compute.devices
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("compute.accelerator is 'gpu' but no CUDA GPU is visible here")
+    strategy = "ddp" if isinstance(devices, int) and devices > 1 else "auto"
+    if devices == "auto" and (accelerator == "cpu" or not torch.cuda.is_available()):
+        devices = 1  # Lightning would use one process per CPU core otherwise
+    return accelerator, devices, strategy
+
+
+def run(
+    spec: PipelineSpec,
+    data: DataSplits,
+    module: L.LightningModule,
+    run_dir: Path,
+    *,
+    monitor: tuple[str, str],
+    sinks: Sequence[EpochSink] = (),
+    callbacks: Sequence[L.Callback] = (),
+    resume_from: Path | None = None,
+) -> Trained:
+    """Fit, then test the best checkpoint. Raises RunInterrupted on Ctrl-C."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    t = spec.train
+    metric, mode = (t.monitor, monitor[1]) if t.monitor else monitor
+    if t.monitor and t.monitor.endswith("loss"):
+        mode = "min"
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=metric,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed), EpochReport(list(sinks))]
+    if t.early_stopping:
+        es = t.early_stopping
+        es_metric = es.monitor or metric
+        es_mode = "min" if es_metric.endswith("loss") else mode
+        cbs.append(EarlyStopping(es_metric, es.min_delta, es.patience, mode=es_mode))
+    cbs += callbacks
+
+    accelerator, devices, strategy = _accelerator(spec)
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip,
+        callbacks=cbs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=run_dir,
+    )
+    previous = signal.getsignal(signal.SIGINT)
+    datamodule = MemoryData(data, t.batch_size, t.seed, t.limit_batches)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful teardown then sys.exit(1)
+        if not trainer.interrupted:
+            raise
+        last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
+        raise RunInterrupted(None, last) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored
+    best = checkpoint.best_model_path or None
+    results = trainer.test(
+        module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+    )
+    metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+    if checkpoint.best_model_score is not None:
+        metrics[f"best_{metric.replace('/', '_')}"] = float(checkpoint.best_model_score)
+    return Trained(
+        module,
+        metrics,
+        Path(best) if best else None,
+        Path(checkpoint.last_model_path) if checkpoint.last_model_path else None,
+    )

@@ -1,0 +1,240 @@
+"""MLflow: one run per pipeline, logged from rank zero only.
+
+Metrics go through MLflow's asynchronous logging so training never waits on the store; the
+queue is flushed before the run is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import plexa
+from plexa.config import PipelineSpec
+from plexa.plugins import architectures, datasets
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+PIPELINE_ARTIFACT = "pipeline.yaml"
+
+
+class RunNotFoundError(LookupError):
+    pass
+
+
+def resolve_uri(explicit: str | None = None) -> str:
+    """`tracking.uri`, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite in the cwd)."""
+    import mlflow
+
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return mlflow.get_tracking_uri()
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _plugin_version(cls: type) -> str:
+    top = cls.__module__.split(".")[0]
+    for dist in metadata.packages_distributions().get(top, []):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(dist)
+    return "unknown"
+
+
+def tags_for(spec: PipelineSpec) -> dict[str, str]:
+    arch = architectures.get(spec.model.plugin)
+    data = datasets.get(spec.data.plugin)
+    tags = {
+        "plexa.version": plexa.__version__,
+        "plexa.pipeline": spec.name,
+        "plexa.runner": spec.compute.runner,
+        "plexa.architecture": spec.model.plugin,
+        "plexa.architecture.version": _plugin_version(arch),
+        "plexa.data": spec.data.plugin,
+        "plexa.data.version": _plugin_version(data),
+    }
+    commit = _git_commit()
+    if commit:
+        tags["plexa.git_commit"] = commit
+    return tags
+
+
+@dataclass
+class Tracker:
+    """The open MLflow run of one pipeline."""
+
+    run_id: str
+    uri: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics(dict(metrics), step=step, synchronous=False, run_id=self.run_id)
+
+    def epoch_sink(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), folder)
+
+    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        """Per-epoch values from the store: complete even for a resumed run."""
+        import mlflow
+
+        mlflow.flush_async_logging()
+        client = mlflow.MlflowClient(self.uri)
+        out = {}
+        for key in keys:
+            points = client.get_metric_history(self.run_id, key)
+            out[key] = sorted({m.step: m.value for m in points}.items())
+        return out
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_figure(figure, f"plots/{name}")
+
+
+def get_run(run_id: str, uri: str | None = None) -> Run:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(resolve_uri(uri))
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise RunNotFoundError(f"no MLflow run '{run_id}' in the store {resolve_uri(uri)}") from exc
+
+
+def logged_pipeline(run_id: str, uri: str | None = None) -> str:
+    """The resolved pipeline YAML a run was started with."""
+    import mlflow
+
+    get_run(run_id, uri)
+    with contextlib.suppress(Exception):
+        mlflow.set_tracking_uri(resolve_uri(uri))
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{PIPELINE_ARTIFACT}")
+
+
+@contextlib.contextmanager
+def reopen(run_id: str, uri: str | None = None) -> Iterator[None]:
+    """Log more to a closed run (an export) and close it again with its earlier status."""
+    import mlflow
+
+    run = get_run(run_id, uri)
+    mlflow.set_tracking_uri(resolve_uri(uri))
+    with mlflow.start_run(run_id=run_id):
+        yield
+    mlflow.MlflowClient().set_terminated(run_id, run.info.status)
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    pipeline: str
+    status: str
+    started: str
+    metrics: dict[str, float]
+
+
+MAIN_METRICS = ("test/acc", "test/r2", "test/loss", "val/acc", "val/loss")
+
+
+def recent_runs(limit: int = 20, uri: str | None = None) -> list[RunRow]:
+    """Newest first, across experiments; only runs plexa started."""
+    import datetime as dt
+
+    import mlflow
+
+    client = mlflow.MlflowClient(resolve_uri(uri))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(
+        experiments,
+        filter_string="tags.`plexa.pipeline` != ''",
+        max_results=limit,
+        order_by=["attributes.start_time DESC"],
+    )
+    rows = []
+    for run in runs:
+        started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        metrics = {k: run.data.metrics[k] for k in MAIN_METRICS if k in run.data.metrics}
+        rows.append(
+            RunRow(
+                run.info.run_id, run.data.tags["plexa.pipeline"], run.info.status, started, metrics
+            )
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]:
+    """Start (or reopen, for `--resume`) the pipeline's MLflow run; close it with the right
+    status: FINISHED, KILLED on Ctrl-C, FAILED on an error."""
+    import mlflow
+
+    from plexa.runners import RunInterrupted
+
+    uri = resolve_uri(spec.tracking.uri)
+    mlflow.set_tracking_uri(uri)
+    system = spec.tracking.system_metrics
+    if system:
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    if resume:
+        get_run(resume, uri)
+        run = mlflow.start_run(run_id=resume, log_system_metrics=system)
+    else:
+        mlflow.set_experiment(spec.tracking.experiment or spec.name)
+        run = mlflow.start_run(
+            run_name=spec.tracking.run_name, tags=tags_for(spec), log_system_metrics=system
+        )
+        mlflow.log_params(flatten(spec.model_dump(mode="json")))
+        mlflow.log_text(spec.to_yaml(), PIPELINE_ARTIFACT)
+    tracker = Tracker(run.info.run_id, uri)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except (RunInterrupted, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.flush_async_logging()
+        mlflow.end_run(status)
