@@ -44,12 +44,15 @@ TrackingUri = Annotated[
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # a pipe or a CI log is not 80 columns wide: don't fold paths and run ids there
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _quiet_libraries() -> None:
     """Keep the terminal for plexa's own lines: library chatter goes to WARNING and above."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO on import)
+
     for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -98,7 +101,7 @@ def run(
     spec = _load(pipeline, overrides)
     _quiet_libraries()
     from plexa import orchestrator
-    from plexa.export import ParityError
+    from plexa.export import ExportError
     from plexa.plugins import PluginError
     from plexa.runners import RunInterrupted
     from plexa.tracking import RunNotFoundError
@@ -133,7 +136,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (orchestrator.ResumeError, RunNotFoundError, PluginError) as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
-    except ParityError as exc:
+    except ExportError as exc:
         raise _fail(str(exc), 1) from None
     if rank_zero:
         _summary(console, pipeline, result)
@@ -206,14 +209,14 @@ def export(
     _quiet_libraries()
     from plexa import orchestrator
     from plexa.config import ConfigError
-    from plexa.export import ParityError
+    from plexa.export import ExportError
     from plexa.tracking import RunNotFoundError
 
     try:
         result = orchestrator.export_run(run_id, tracking_uri)
     except (RunNotFoundError, orchestrator.ResumeError, ConfigError) as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
-    except ParityError as exc:
+    except ExportError as exc:
         raise _fail(str(exc), 1) from None
     registered = (
         f", registered as models:/{result.registered_name}/{result.registered_version}"

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 
-
 class PluginConfig(BaseModel):
     """Base of every plugin's own `Config`: unknown keys are an error, values are checked."""
 

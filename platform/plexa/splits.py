@@ -15,6 +15,12 @@ class SplitConfig(PluginConfig):
 
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
+    # the split's own seed, so several training seeds can be compared on one split;
+    # default: the pipeline's train.seed
+    split_seed: int | None = None
+
+    def seed_for_split(self, train_seed: int) -> int:
+        return train_seed if self.split_seed is None else self.split_seed
 
     @model_validator(mode="after")
     def _room_to_train(self) -> SplitConfig:

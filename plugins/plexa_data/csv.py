@@ -88,7 +88,9 @@ class CSV(DataPlugin):
                     "use task: classification"
                 ) from None
         classify = task == "classification"
-        parts = split(x, y, config.val_fraction, config.test_fraction, seed, classify)
+        parts = split(
+            x, y, config.val_fraction, config.test_fraction, config.seed_for_split(seed), classify
+        )
         (train, val, test), norm, target_norm = standardise(parts, targets=not classify)
         spec = DataSpec(
             task=task,

@@ -22,7 +22,9 @@ class Digits(DataPlugin):
         shape = (64,) if config.flatten else (1, 8, 8)
         x = x.reshape(len(x), *shape)
         y = bunch.target.astype(np.int64)
-        train, val, test = split(x, y, config.val_fraction, config.test_fraction, seed, True)
+        train, val, test = split(
+            x, y, config.val_fraction, config.test_fraction, config.seed_for_split(seed), True
+        )
         spec = DataSpec(
             task="classification",
             input_shape=shape,

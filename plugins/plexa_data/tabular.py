@@ -28,7 +28,9 @@ class Tabular(DataPlugin):
         y = bunch.target.astype(np.int64 if classify else np.float64)
         if not classify:
             y = y.reshape(-1, 1)
-        parts = split(x, y, config.val_fraction, config.test_fraction, seed, classify)
+        parts = split(
+            x, y, config.val_fraction, config.test_fraction, config.seed_for_split(seed), classify
+        )
         (train, val, test), norm, target_norm = standardise(parts, targets=not classify)
         names = getattr(bunch, "target_names", None)
         spec = DataSpec(
