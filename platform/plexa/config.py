@@ -176,7 +176,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
     out = []
     for err in exc.errors():
         path = _loc((*([prefix] if prefix else []), *err["loc"]))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append((path, msg))
@@ -184,7 +184,11 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
 
 
 def _check_plugin(
-    registry: Registry, ref: Any, where: str, problems: list[tuple[str, str]]
+    registry: Registry,
+    ref: Any,
+    where: str,
+    problems: list[tuple[str, str]],
+    context: dict[str, Any],
 ) -> tuple[type | None, PluginConfig | None]:
     if not isinstance(ref, Mapping) or not isinstance(ref.get("plugin"), str):
         return None, None
@@ -197,15 +201,22 @@ def _check_plugin(
     if not isinstance(params, Mapping):
         return cls, None  # the schema reports it
     try:
-        return cls, cls.Config(**params)
+        return cls, cls.Config.model_validate(params, context=context)
     except ValidationError as exc:
         for path, msg in _pydantic_problems(exc, f"{where}.params"):
             problems.append((path, f"{msg} ({registry.kind} plugin '{ref['plugin']}')"))
         return cls, None
 
 
-def validate(raw: Mapping[str, Any], source: str = "pipeline") -> PipelineSpec:
-    """Check the whole spec and each plugin's params; raise one ConfigError with all problems."""
+def validate(
+    raw: Mapping[str, Any], source: str = "pipeline", base_dir: Path | None = None
+) -> PipelineSpec:
+    """Check the whole spec and each plugin's params; raise one ConfigError with all problems.
+
+    Plugins see `base_dir` (the pipeline file's folder) in their validation context, so a
+    relative file path in params means the same wherever plexa is started from.
+    """
+    context = {"base_dir": (base_dir or Path.cwd()).absolute()}
     problems: list[tuple[str, str]] = []
     spec: PipelineSpec | None = None
     try:
@@ -213,8 +224,8 @@ def validate(raw: Mapping[str, Any], source: str = "pipeline") -> PipelineSpec:
     except ValidationError as exc:
         problems += _pydantic_problems(exc)
 
-    data_cls, data_cfg = _check_plugin(datasets, raw.get("data"), "data", problems)
-    arch_cls, arch_cfg = _check_plugin(architectures, raw.get("model"), "model", problems)
+    data_cls, data_cfg = _check_plugin(datasets, raw.get("data"), "data", problems, context)
+    arch_cls, arch_cfg = _check_plugin(architectures, raw.get("model"), "model", problems, context)
     if data_cls is not None and data_cfg is not None and arch_cls is not None:
         task = data_cls().task(data_cfg)
         if task not in arch_cls.tasks:
@@ -237,4 +248,4 @@ def validate(raw: Mapping[str, Any], source: str = "pipeline") -> PipelineSpec:
 
 def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> PipelineSpec:
     raw = apply_overrides(read_yaml(path), overrides)
-    return validate(raw, str(path))
+    return validate(raw, str(path), Path(path).parent)

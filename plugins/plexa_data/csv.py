@@ -8,7 +8,7 @@ from typing import Literal
 
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split, standardise
-from pydantic import model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
@@ -26,18 +26,24 @@ def _is_number(text: str) -> bool:
 
 class CSV(DataPlugin):
     class Config(SplitConfig):
-        path: str  # relative paths are taken from the working directory
+        path: str  # a relative path is taken from the pipeline file's folder
         target: str
         task: Literal["auto", "classification", "regression"] = "auto"
         features: list[str] | None = None  # default: every column but the target
         delimiter: str = ","
 
+        @field_validator("path")
+        @classmethod
+        def _absolute(cls, value: str, info: ValidationInfo) -> str:
+            base = (info.context or {}).get("base_dir", Path.cwd())
+            path = (Path(base) / value).resolve()
+            if not path.is_file():
+                raise ValueError(f"no such file '{path}'")
+            return str(path)
+
         @model_validator(mode="after")
         def _columns_exist(self) -> CSV.Config:
-            path = Path(self.path)
-            if not path.is_file():
-                raise ValueError(f"path: no such file '{self.path}'")
-            columns = _header(path, self.delimiter)
+            columns = _header(Path(self.path), self.delimiter)
             wanted = [self.target, *(self.features or [])]
             missing = [c for c in wanted if c not in columns]
             if missing:
