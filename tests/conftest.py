@@ -17,8 +17,12 @@ BIN = Path(sys.executable).parent
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cwd with its own sqlite MLflow store and run folder, as a new user would have."""
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # an earlier in-process run may have set another store
     monkeypatch.setenv("PLEXA_RUNS_DIR", str(tmp_path / "plexa-runs"))
     monkeypatch.delenv("PLEXA_RUN_DIR", raising=False)
     return tmp_path

@@ -34,7 +34,11 @@ def test_shipped_pipelines_are_valid() -> None:
 def test_defaults_are_resolved_into_the_spec() -> None:
     spec = validate(BASE)
     assert spec.model.params == {
-        "channels": [8], "kernel_size": 3, "pooling": "max", "dropout": 0.0, "hidden": 128
+        "channels": [8],
+        "kernel_size": 3,
+        "pooling": "max",
+        "dropout": 0.0,
+        "hidden": 128,
     }
     assert spec.data.params["val_fraction"] == 0.15
     assert "kernel_size: 3" in spec.to_yaml()
@@ -102,11 +106,13 @@ def test_a_task_the_architecture_does_not_support_is_refused() -> None:
         tasks = frozenset({"classification"})
 
     try:
-        found = problems({
-            "name": "t",
-            "data": {"plugin": "tabular", "params": {"dataset": "diabetes"}},
-            "model": {"plugin": "classifier-only"},
-        })
+        found = problems(
+            {
+                "name": "t",
+                "data": {"plugin": "tabular", "params": {"dataset": "diabetes"}},
+                "model": {"plugin": "classifier-only"},
+            }
+        )
     finally:
         architectures.unregister("classifier-only")
     assert "does not support the regression task" in found["model.plugin"]

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from mlflow import MlflowClient
+
 from plexa.config import PipelineSpec, validate
 from plexa.export import ExportResult, ParityError, export_onnx, log_onnx
 from plexa.plugins import DataSplits, architectures, datasets

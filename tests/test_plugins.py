@@ -18,7 +18,8 @@ from plexa.plugins import (
     datasets,
 )
 
-from .conftest import PIPELINES, REPO, plexa as plexa_cli
+from .conftest import PIPELINES, REPO
+from .conftest import plexa as plexa_cli
 
 FIXTURE = REPO / "tests" / "fixtures" / "plexa-demo-plugins"
 
@@ -56,7 +57,10 @@ def test_a_name_taken_by_an_entry_point_is_a_duplicate() -> None:
 def test_unknown_name_lists_the_available_ones() -> None:
     with pytest.raises(PluginNotFoundError) as err:
         datasets.get("imagenet")
-    assert str(err.value) == f"unknown data plugin 'imagenet'; available: {', '.join(datasets.names())}"
+    assert (
+        str(err.value)
+        == f"unknown data plugin 'imagenet'; available: {', '.join(datasets.names())}"
+    )
     assert "digits" in str(err.value)
 
 
@@ -67,8 +71,13 @@ def test_a_class_that_breaks_the_contract_is_refused() -> None:
 
 def test_first_party_plugins_are_listed_and_load() -> None:
     found = {(p.name, p.kind): p for p in all_plugins()}
-    for key in [("mlp", "architecture"), ("cnn", "architecture"), ("digits", "data"),
-                ("tabular", "data"), ("csv", "data")]:
+    for key in [
+        ("mlp", "architecture"),
+        ("cnn", "architecture"),
+        ("digits", "data"),
+        ("tabular", "data"),
+        ("csv", "data"),
+    ]:
         assert found[key].status == "ok"
         assert found[key].distribution == "plexa"
 
@@ -106,8 +115,18 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`pip install` the demo plugin distribution, as a user would, into its own folder."""
     site = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(FIXTURE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(FIXTURE),
+        ],
         check=True,
         capture_output=True,
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 EpochSink = Callable[[int, dict[str, float]], None]
 
@@ -32,7 +33,7 @@ class EpochSeed(L.Callback):
 class EpochReport(L.Callback):
     """Gathers one epoch's metrics, learning rate, time and throughput, and hands them to sinks.
 
-    Runs on rank zero only; the metrics it reads were already reduced over ranks.
+    Reports on rank zero only; the metrics it reads were already reduced over ranks.
     """
 
     def __init__(self, sinks: list[EpochSink]) -> None:
@@ -49,7 +50,8 @@ class EpochReport(L.Callback):
     ) -> None:
         self._samples += len(batch[0])
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def report(self, trainer: L.Trainer) -> None:
+        """Called by `CommitCheckpoint` once the epoch's checkpoint is on disk."""
         if not trainer.is_global_zero:
             return
         seconds = time.perf_counter() - self._start
@@ -63,3 +65,19 @@ class EpochReport(L.Callback):
             metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         for sink in self.sinks:
             sink(trainer.current_epoch, metrics)
+
+
+class CommitCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that reports the epoch only after saving it.
+
+    An epoch is then either saved and reported, or neither: a run interrupted at any point and
+    resumed from its last checkpoint logs every epoch exactly once.
+    """
+
+    def __init__(self, report: EpochReport, **kwargs: Any) -> None:
+        super().__init__(save_on_train_epoch_end=True, **kwargs)
+        self.epoch_report = report
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.epoch_report.report(trainer)

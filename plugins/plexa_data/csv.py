@@ -6,9 +6,10 @@ import csv as _csv
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationInfo, field_validator, model_validator
+
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split, standardise
-from pydantic import ValidationInfo, field_validator, model_validator
 
 
 def _header(path: Path, delimiter: str) -> list[str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from plexa.plugins import Architecture, DataSpec, PluginConfig
 from pydantic import Field, field_validator
+
+from plexa.plugins import Architecture, DataSpec, PluginConfig
 
 
 class CNN(Architecture):

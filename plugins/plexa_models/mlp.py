@@ -5,8 +5,9 @@ from __future__ import annotations
 from math import prod
 from typing import Any, Literal
 
-from plexa.plugins import Architecture, DataSpec, PluginConfig
 from pydantic import Field
+
+from plexa.plugins import Architecture, DataSpec, PluginConfig
 
 
 class MLP(Architecture):

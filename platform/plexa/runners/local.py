@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from plexa.callbacks import EpochReport, EpochSeed, EpochSink
+from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink
 from plexa.config import PipelineSpec
 from plexa.loaders import DeviceBatches, to_tensors
 from plexa.plugins import DataSplits
@@ -85,13 +85,15 @@ def run(
     resume_from: Path | None = None,
 ) -> Trained:
     """Fit, then test the best checkpoint. Raises RunInterrupted on Ctrl-C."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     t = spec.train
     metric, mode = (t.monitor, monitor[1]) if t.monitor else monitor
     if t.monitor and t.monitor.endswith("loss"):
         mode = "min"
-    checkpoint = ModelCheckpoint(
+    report = EpochReport(list(sinks))
+    checkpoint = CommitCheckpoint(
+        report,
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=metric,
@@ -101,7 +103,7 @@ def run(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed), EpochReport(list(sinks))]
+    cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed), report]
     if t.early_stopping:
         es = t.early_stopping
         es_metric = es.monitor or metric

@@ -1,0 +1,300 @@
+"""Training for real: determinism, resume after an interruption, Ctrl-C, DDP, early stopping,
+and what lands in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import pytest
+
+import plexa
+from plexa import orchestrator
+from plexa.config import load_pipeline
+from plexa.export import ParityError
+from plexa.plugins import architectures
+from plexa.runners import RunInterrupted
+
+from .conftest import BIN, PIPELINES
+from .conftest import plexa as plexa_cli
+
+pytestmark = pytest.mark.slow
+
+EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "global_step")
+
+
+def spec_of(name: str, *overrides: str):
+    return load_pipeline(PIPELINES / f"{name}.yaml", ["compute.accelerator=cpu", *overrides])
+
+
+def history(run_id: str, keys=EPOCH_KEYS) -> dict[str, list[tuple[int, float]]]:
+    client = mlflow.MlflowClient()
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
+    }
+
+
+class InterruptAfterEpochs(L.Callback):
+    """Sends this process a real SIGINT (Ctrl-C) once `epochs` epochs are done."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epochs:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+# a small, dropout-using, scheduled run: enough to expose any RNG or LR-schedule drift
+RESUMABLE = (
+    "train.max_epochs=5",
+    "train.scheduler.name=cosine",
+    "train.scheduler.warmup_epochs=1",
+    "model.params.hidden=[64]",
+    "model.params.dropout=0.3",
+    "export.onnx=false",
+)
+
+
+def test_same_seed_gives_identical_metrics_twice(workdir: Path) -> None:
+    spec = spec_of("digits-mlp", *RESUMABLE, "train.max_epochs=2")
+    first = orchestrator.run(spec)
+    second = orchestrator.run(spec)
+    assert first.run_id != second.run_id
+    assert first.metrics == second.metrics
+    assert history(first.run_id) == history(second.run_id)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(workdir: Path) -> None:
+    spec = spec_of("digits-mlp", *RESUMABLE)
+    with pytest.raises(RunInterrupted) as stopped:
+        orchestrator.run(spec, callbacks=[InterruptAfterEpochs(2)])
+    run_id = stopped.value.run_id
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert stopped.value.last_checkpoint is not None and stopped.value.last_checkpoint.exists()
+    assert len(history(run_id)["val/acc"]) == 2
+
+    resumed = orchestrator.run(spec, resume=run_id)
+    assert resumed.run_id == run_id
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+    straight = orchestrator.run(spec)
+    assert history(run_id) == history(straight.run_id)
+    steps = [step for step, _ in history(run_id)["global_step"]]
+    assert steps == [0, 1, 2, 3, 4]
+    assert resumed.metrics == straight.metrics
+
+
+def test_resume_refuses_a_changed_pipeline_or_a_finished_run(workdir: Path) -> None:
+    spec = spec_of("digits-mlp", *RESUMABLE, "train.max_epochs=2")
+    with pytest.raises(RunInterrupted) as stopped:
+        orchestrator.run(spec, callbacks=[InterruptAfterEpochs(1)])
+    run_id = stopped.value.run_id
+    changed = spec_of("digits-mlp", *RESUMABLE, "train.max_epochs=2", "train.optimizer.lr=0.1")
+    with pytest.raises(orchestrator.ResumeError, match="differing keys: train.optimizer.lr"):
+        orchestrator.run(changed, resume=run_id)
+    orchestrator.run(spec, resume=run_id)
+    with pytest.raises(orchestrator.ResumeError, match="already finished"):
+        orchestrator.run(spec, resume=run_id)
+
+
+def test_ctrl_c_leaves_a_last_checkpoint_and_a_killed_run(workdir: Path) -> None:
+    # batch size 4 makes each epoch take about a second, time enough to press Ctrl-C
+    args = [
+        "run",
+        str(PIPELINES / "digits-cnn.yaml"),
+        "train.max_epochs=4",
+        "train.batch_size=4",
+        "export.onnx=false",
+    ]
+    proc = subprocess.Popen(
+        [str(BIN / "plexa"), *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch   1/4"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "interrupted" in rest and "--resume" in rest
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs(client.search_experiments()[0].experiment_id.split())
+    assert run.info.status == "KILLED"
+    assert "checkpoints/last.ckpt" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")
+    }
+
+    resumed = plexa_cli(*args, "--resume", run.info.run_id, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [s for s, _ in history(run.info.run_id)["val/acc"]] == [0, 1, 2, 3]
+
+
+def test_two_process_ddp_on_cpu_logs_one_run(workdir: Path) -> None:
+    out = plexa_cli(
+        "run",
+        str(PIPELINES / "digits-mlp.yaml"),
+        "compute.accelerator=cpu",
+        "compute.devices=2",
+        "train.max_epochs=2",
+        "export.onnx=false",
+        cwd=workdir,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    # each of the 2 ranks takes half of the 1,257 training samples: 10 steps of 64, not 20
+    assert history(runs[0].info.run_id)["global_step"] == [(0, 10.0), (1, 20.0)]
+    assert runs[0].data.metrics["test/acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_early_stopping_ends_the_run_when_val_loss_stalls(workdir: Path) -> None:
+    spec = spec_of(
+        "wine-mlp",
+        "train.max_epochs=30",
+        "train.early_stopping.patience=2",
+        "train.early_stopping.min_delta=100",
+        "export.onnx=false",
+    )
+    result = orchestrator.run(spec)
+    assert len(history(result.run_id)["val/loss"]) == 3  # the first epoch, then 2 without gain
+
+
+def test_a_run_records_everything_in_mlflow(workdir: Path) -> None:
+    spec = spec_of("digits-cnn", "train.max_epochs=2", "model.params.channels=[8]")
+    result = orchestrator.run(spec)
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert result.tracking_uri == os.environ["MLFLOW_TRACKING_URI"]
+
+    params = run.data.params
+    assert params["train.optimizer.lr"] == "0.002"
+    assert params["model.params.channels"] == "[8]"
+    assert int(params["model.parameters"]) == sum(p.numel() for p in result.model.parameters())
+    tags = run.data.tags
+    assert tags["plexa.version"] == plexa.__version__
+    assert tags["plexa.architecture"] == "cnn" and tags["plexa.architecture.version"] == "0.1.0"
+    assert tags["plexa.data"] == "digits"
+
+    metrics = run.data.metrics
+    for key in ("test/acc", "test/loss", "epoch_seconds", "samples_per_second", "lr"):
+        assert key in metrics
+    assert any(k.startswith("system/") for k in metrics), sorted(metrics)
+    assert len(history(result.run_id)["train/loss"]) == 2
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"pipeline.yaml", "plots", "checkpoints"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    assert "checkpoints/best.ckpt" in {
+        a.path for a in client.list_artifacts(result.run_id, "checkpoints")
+    }
+    logged = load_pipeline_text(result.run_id)
+    assert "channels:\n    - 8" in logged
+
+    version = client.get_model_version("digits-cnn", "1")
+    assert version.run_id == result.run_id
+    model = mlflow.pyfunc.load_model(f"models:/digits-cnn/{version.version}")
+    from plexa.plugins import datasets
+
+    data = datasets.create("digits").load(spec.data_config(), spec.train.seed)
+    predicted = model.predict(data.test.x[:32])
+    logits = next(iter(predicted.values())) if isinstance(predicted, dict) else predicted
+    accuracy = (logits.argmax(1) == data.test.y[:32]).mean()
+    assert accuracy > 0.8
+
+
+def load_pipeline_text(run_id: str) -> str:
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/pipeline.yaml")
+
+
+def test_tracking_uri_in_the_pipeline_wins(workdir: Path) -> None:
+    store = workdir / "elsewhere.db"
+    spec = spec_of(
+        "wine-mlp", "train.max_epochs=1", "export.onnx=false", f"tracking.uri=sqlite:///{store}"
+    )
+    result = orchestrator.run(spec)
+    assert store.exists()
+    assert mlflow.MlflowClient(f"sqlite:///{store}").get_run(result.run_id)
+
+
+def test_an_export_that_breaks_parity_fails_the_run(workdir: Path) -> None:
+    @plexa.architecture("drifting")
+    class Drifting(plexa.Architecture):
+        """Computes something else once exported: the parity check must catch it."""
+
+        def build(self, config, data):
+            import torch
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.linear = nn.Linear(13, 3)
+
+                def forward(self, x: torch.Tensor) -> torch.Tensor:
+                    out = self.linear(x)
+                    return out + 1.0 if torch.compiler.is_exporting() else out
+
+            return Net()
+
+    try:
+        spec = spec_of("wine-mlp", "train.max_epochs=1", "model.plugin=drifting", "model.params={}")
+        with pytest.raises(ParityError, match="export.parity_tolerance"):
+            orchestrator.run(spec)
+    finally:
+        architectures.unregister("drifting")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PIPELINES.glob("*.yaml")))
+def test_shipped_pipeline_smoke(name: str, workdir: Path) -> None:
+    result = orchestrator.run(spec_of(name, "train.max_epochs=1", "train.limit_batches=3"))
+    assert result.status == "FINISHED"
+    assert result.export.path.exists() and result.export.max_abs_diff <= 1e-4
+    assert result.export.registered_version == "1"
+
+
+@pytest.mark.gpu
+def test_one_gpu_epoch(workdir: Path) -> None:
+    spec = load_pipeline(
+        PIPELINES / "digits-cnn.yaml",
+        ["compute.accelerator=gpu", "compute.devices=1", "train.max_epochs=1"],
+    )
+    result = orchestrator.run(spec)
+    assert result.metrics["test/acc"] > 0.5
+    assert result.export.max_abs_diff <= 1e-4  # exported from a GPU-trained net, run on CPU
+
+
+# ------------------------------------------------------------------ quality bars (issue #2)
+
+
+@pytest.mark.parametrize(
+    ("name", "metric", "bar"),
+    [
+        ("digits-cnn", "test/acc", 0.97),
+        ("wine-mlp", "test/acc", 0.95),
+        ("diabetes-regression", "test/r2", 0.4),
+    ],
+)
+def test_quality_bar(name: str, metric: str, bar: float, workdir: Path) -> None:
+    result = orchestrator.run(spec_of(name))
+    assert result.metrics[metric] >= bar, result.metrics
+    if name == "digits-cnn":
+        epochs = history(result.run_id, ["epoch_seconds"])["epoch_seconds"]
+        assert sum(v for _, v in epochs) < 60
