@@ -41,7 +41,7 @@ from plexa.callbacks import EpochSeed
 from plexa.config import PipelineSpec, load_pipeline
 from plexa.orchestrator import _assemble
 from plexa.plugins import DataSplits
-from plexa.runners.local import MemoryData
+from plexa.runners.local import memory_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,7 @@ def run_plexa(spec: PipelineSpec, root: str) -> list[float]:
     timer = EpochTimer()
     # EpochSeed as in the local runner; the timer goes first so its epoch includes EpochSeed
     trainer = _trainer(spec, [timer, EpochSeed(t.seed)], root)
-    trainer.fit(module, datamodule=MemoryData(data, t.batch_size, t.seed, t.limit_batches))
+    trainer.fit(module, datamodule=memory_data(module, data, t))
     return timer.seconds
 
 

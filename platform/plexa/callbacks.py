@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from plexa.loaders import Chunk
+
 EpochSink = Callable[[int, dict[str, float]], None]
 
 
@@ -48,7 +50,10 @@ class EpochReport(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self._samples += len(batch[0])
+        # a chunk of batches (plexa's task modules) or one batch
+        self._samples += (
+            sum(len(y) for _, y in batch) if isinstance(batch, Chunk) else len(batch[0])
+        )
 
     def report(self, trainer: L.Trainer) -> None:
         """Called by `CommitCheckpoint` once the epoch's checkpoint is on disk."""

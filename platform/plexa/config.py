@@ -58,6 +58,9 @@ class EarlyStoppingSpec(_Strict):
 class TrainSpec(_Strict):
     max_epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
+    # validation and test batches; default: the training batch size, at least 1024 (metrics
+    # are sums over the split, so only speed depends on it)
+    eval_batch_size: int | None = Field(None, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     early_stopping: EarlyStoppingSpec | None = None

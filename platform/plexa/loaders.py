@@ -4,6 +4,10 @@ The whole split lives on the training device as two tensors; a batch is one inde
 not `batch_size` calls to `__getitem__` and a collate. Shuffling is seeded by (seed, epoch),
 so an epoch's order does not depend on what ran before it: a resumed run sees the same batches
 as an uninterrupted one.
+
+`Chunks` hands Lightning several batches per step. Lightning's per-step machinery (hooks,
+profiler contexts, result bookkeeping) costs a few hundred microseconds, more than a small
+network's forward and backward pass; plexa's task modules loop over a chunk themselves.
 """
 
 from __future__ import annotations
@@ -87,3 +91,28 @@ def to_tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.
     if y.is_floating_point():
         y = y.float()
     return x.to(device), y.to(device)
+
+
+class Chunk(list):
+    """Several `(x, y)` batches handed to one Lightning step."""
+
+
+class Chunks:
+    """Groups the batches of an epoch into chunks of `size` (None: the whole epoch)."""
+
+    def __init__(self, batches: DeviceBatches, size: int | None) -> None:
+        self.batches, self.size = batches, size
+
+    def __len__(self) -> int:
+        n = len(self.batches)
+        return 1 if self.size is None else -(-n // self.size)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        chunk = Chunk()
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.size:
+                yield chunk
+                chunk = Chunk()
+        if chunk:
+            yield chunk

@@ -1,8 +1,10 @@
 """The LightningModules that wrap a plugin's plain `nn.Module`: loss, metrics and optimiser per
 task kind.
 
-Metrics are accumulated as running sums on the device and logged once per epoch: calling
-`self.log` every step costs more than a small network's forward pass.
+Per-step overhead is what separates a training platform from a plain PyTorch loop on small
+networks, so these modules keep it low: metrics are running sums on the device, logged once
+per epoch, and each Lightning step runs a whole chunk of batches (see `plexa.loaders.Chunks`),
+stepping the optimiser and the schedule itself after every batch.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from plexa.config import TrainSpec
+from plexa.loaders import Chunk
 from plexa.optim import make_optimizer, make_scheduler
-
-STAGES = ("train", "val", "test")
 
 
 class TaskModule(L.LightningModule):
@@ -25,12 +26,16 @@ class TaskModule(L.LightningModule):
 
     #: the metric the best checkpoint and early stopping follow, and whether higher is better
     monitor: tuple[str, str] = ("val/loss", "min")
+    #: batches per Lightning step; None: a whole epoch
+    batches_per_step: int | None = None
 
     def __init__(self, net: nn.Module, train: TrainSpec) -> None:
         super().__init__()
+        self.automatic_optimization = False  # one optimiser step per batch, not per chunk
         self.net = net
         self.train_spec = train
-        self._sums: dict[str, dict[str, torch.Tensor]] = {}
+        # per stage and key, one value per batch; summed once at the end of the epoch
+        self._sums: dict[str, dict[str, list[torch.Tensor | float]]] = {}
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +43,7 @@ class TaskModule(L.LightningModule):
 
     # subclasses ---------------------------------------------------------------
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict:
+        """Per-batch quantities (tensors or numbers) whose sums over an epoch give its metrics."""
         raise NotImplementedError
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,34 +58,55 @@ class TaskModule(L.LightningModule):
         out = self(x)
         loss = self.loss(out, y)
         with torch.no_grad():
-            sums = self.batch_sums(out, y, loss)
             acc = self._sums.setdefault(stage, {})
-            for key, value in sums.items():
-                acc[key] = acc[key] + value if key in acc else value
+            for key, value in self.batch_sums(out, y, loss).items():
+                acc.setdefault(key, []).append(value)
             if stage == "test":
                 self.test_outputs.append((out.detach().cpu(), y.detach().cpu()))
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, idx: int) -> Any:
+        if isinstance(batch, Chunk):
+            return batch  # MemoryData built it from tensors already on this device
+        return super().transfer_batch_to_device(batch, device, idx)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        clip = self.train_spec.gradient_clip
+        for one in _batches(batch):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(self._step(one, "train"))
+            if clip:
+                self.clip_gradients(optimizer, clip, "norm")
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        for one in _batches(batch):
+            self._step(one, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
+        for one in _batches(batch):
+            self._step(one, "test")
 
     def _log_epoch(self, stage: str) -> None:
         sums = self._sums.pop(stage, None)
         if not sums:
             return
         keys = sorted(sums)
-        packed = torch.stack([sums[k].double().sum() for k in keys])
+        packed = torch.stack([self._total(sums[k]) for k in keys])
         if self.trainer.world_size > 1:  # sum over ranks, then divide once
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         totals = dict(zip(keys, packed.tolist(), strict=True))
         for name, value in self.epoch_metrics(totals).items():
             self.log(f"{stage}/{name}", value, on_epoch=True)
+
+    def _total(self, values: list[torch.Tensor | float]) -> torch.Tensor:
+        if isinstance(values[0], torch.Tensor):
+            return torch.stack(values).double().sum()  # type: ignore[arg-type]
+        return torch.tensor(float(sum(values)), dtype=torch.float64, device=self.device)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -99,8 +126,13 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = make_optimizer(self.parameters(), self.train_spec.optimizer)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "batches_per_epoch"):
+            per_epoch = datamodule.batches_per_epoch()
+        else:  # plain batches from some other loader
+            per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // epochs)
+        total = per_epoch * epochs
         scheduler = make_scheduler(optimizer, self.train_spec.scheduler, total, per_epoch)
         if scheduler is None:
             return optimizer
@@ -117,7 +149,7 @@ class ClassificationTask(TaskModule):
         return F.cross_entropy(out, y)
 
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict:
-        n = torch.tensor(float(len(y)), device=y.device)
+        n = len(y)
         return {"loss": loss.detach() * n, "correct": (out.argmax(1) == y).sum(), "n": n}
 
     def epoch_metrics(self, s: dict[str, float]) -> dict[str, float]:
@@ -133,14 +165,12 @@ class RegressionTask(TaskModule):
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict:
         y = y.view_as(out)
         err = out - y
-        n = torch.tensor(float(len(y)), device=y.device)
         return {
             "sse": (err**2).sum(),
             "sae": err.abs().sum(),
             "sy": y.sum(),
             "syy": (y**2).sum(),
-            "n": n,
-            "values": torch.tensor(float(y.numel()), device=y.device),
+            "values": y.numel(),
         }
 
     def epoch_metrics(self, s: dict[str, float]) -> dict[str, float]:
@@ -151,6 +181,11 @@ class RegressionTask(TaskModule):
             "mae": s["sae"] / values,
             "r2": 1 - s["sse"] / variance if variance > 0 else 0.0,
         }
+
+
+def _batches(batch: Any) -> list:
+    """A chunk of batches, or one plain batch from an ordinary loader."""
+    return batch if isinstance(batch, Chunk) else [batch]
 
 
 TASK_MODULES: dict[str, type[TaskModule]] = {

@@ -11,19 +11,41 @@ import lightning as L
 import torch
 
 from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink
-from plexa.config import PipelineSpec
-from plexa.loaders import DeviceBatches, to_tensors
+from plexa.config import PipelineSpec, TrainSpec
+from plexa.loaders import Chunks, DeviceBatches, to_tensors
 from plexa.plugins import DataSplits
 from plexa.runners import RunInterrupted
 
 
 class MemoryData(L.LightningDataModule):
-    """Serves in-memory splits through `DeviceBatches`, placed on this rank's device."""
+    """Serves in-memory splits through `DeviceBatches`, placed on this rank's device.
 
-    def __init__(self, data: DataSplits, batch_size: int, seed: int, limit: int | None) -> None:
+    `chunk` > 1 (or None, the whole epoch) groups batches for modules that loop over several
+    batches per Lightning step (plexa's task modules); 1 serves plain batches.
+    """
+
+    def __init__(
+        self,
+        data: DataSplits,
+        batch_size: int,
+        seed: int,
+        limit: int | None,
+        chunk: int | None = 1,
+        eval_batch_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.data, self.batch_size, self.seed, self.limit = data, batch_size, seed, limit
+        self.chunk = chunk
+        self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def batches_per_epoch(self) -> int:
+        """Optimiser steps per epoch on this rank, whatever the chunking."""
+        return len(self._batches("train", shuffle=True))
+
+    def _loader(self, stage: str, shuffle: bool) -> DeviceBatches | Chunks:
+        batches = self._batches(stage, shuffle)
+        return batches if self.chunk == 1 else Chunks(batches, self.chunk)
 
     def _batches(self, stage: str, shuffle: bool) -> DeviceBatches:
         trainer = self.trainer
@@ -35,7 +57,7 @@ class MemoryData(L.LightningDataModule):
         return DeviceBatches(
             x,
             y,
-            self.batch_size,
+            self.batch_size if stage == "train" else self.eval_batch_size,
             shuffle=shuffle,
             seed=self.seed,
             epoch=lambda: trainer.current_epoch,
@@ -44,14 +66,23 @@ class MemoryData(L.LightningDataModule):
             limit_batches=self.limit,
         )
 
-    def train_dataloader(self) -> DeviceBatches:
-        return self._batches("train", shuffle=True)
+    def train_dataloader(self) -> DeviceBatches | Chunks:
+        return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DeviceBatches:
-        return self._batches("val", shuffle=False)
+    def val_dataloader(self) -> DeviceBatches | Chunks:
+        return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DeviceBatches:
-        return self._batches("test", shuffle=False)
+    def test_dataloader(self) -> DeviceBatches | Chunks:
+        return self._loader("test", shuffle=False)
+
+
+def memory_data(module: L.LightningModule, data: DataSplits, train: TrainSpec) -> MemoryData:
+    """The data module for `module`: chunked for plexa's task modules, plain batches for a
+    plugin's own LightningModule."""
+    chunk = getattr(module, "batches_per_step", 1)
+    return MemoryData(
+        data, train.batch_size, train.seed, train.limit_batches, chunk, train.eval_batch_size
+    )
 
 
 @dataclass
@@ -118,7 +149,8 @@ def run(
         devices=devices,
         strategy=strategy,
         precision=t.precision,
-        gradient_clip_val=t.gradient_clip,
+        # a module that steps its own optimiser (plexa's task modules) clips itself
+        gradient_clip_val=t.gradient_clip if module.automatic_optimization else None,
         callbacks=cbs,
         logger=False,
         enable_progress_bar=False,
@@ -127,7 +159,7 @@ def run(
         default_root_dir=run_dir,
     )
     previous = signal.getsignal(signal.SIGINT)
-    datamodule = MemoryData(data, t.batch_size, t.seed, t.limit_batches)
+    datamodule = memory_data(module, data, t)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SystemExit:
