@@ -188,6 +188,7 @@ def test_a_run_records_everything_in_mlflow(workdir: Path) -> None:
     tags = run.data.tags
     assert tags["plexa.version"] == plexa.__version__
     assert tags["plexa.architecture"] == "cnn" and tags["plexa.architecture.version"] == "0.1.0"
+    assert tags["plexa.architecture.distribution"] == "plexa"
     assert tags["plexa.data"] == "digits"
 
     metrics = run.data.metrics

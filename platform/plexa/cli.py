@@ -134,6 +134,9 @@ def run(
         )
         console.print(f"continue it with: plexa run {pipeline} --resume {exc.run_id}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:  # outside training (loading, export): the run is marked KILLED
+        console.print("\n[yellow]interrupted[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except (orchestrator.ResumeError, RunNotFoundError, PluginError) as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
     except ExportError as exc:

@@ -243,9 +243,7 @@ def _describe(
         "target_normalisation": json.dumps(data_spec.target_normalisation),
         "parity_tolerance": repr(spec.export.parity_tolerance),
     }
-    versions = _plugin_versions(spec)
-    if versions:
-        props["plugin_versions"] = json.dumps(versions, sort_keys=True)
+    props["plugin_versions"] = json.dumps(_plugin_versions(spec), sort_keys=True)
     for key, value in (
         ("class_names", data_spec.class_names),
         ("feature_names", data_spec.feature_names),
@@ -269,20 +267,13 @@ def _describe(
 
 
 def _plugin_versions(spec: PipelineSpec) -> dict[str, str]:
-    """`{plugin: "distribution==version"}` where the plugin comes from an installed package."""
-    from importlib.metadata import packages_distributions, version
-
+    """`{plugin: "distribution==version"}` for the two plugins of the pipeline."""
     from plexa.plugins import architectures, datasets
 
-    out: dict[str, str] = {}
-    try:
-        owners = packages_distributions()
-        for registry, name in ((architectures, spec.model.plugin), (datasets, spec.data.plugin)):
-            top = registry.get(name).__module__.partition(".")[0]
-            for dist in owners.get(top, [])[:1]:
-                out[name] = f"{dist}=={version(dist)}"
-    except Exception:  # metadata is a courtesy; never fail an export over it
-        return out
+    out = {}
+    for registry, name in ((architectures, spec.model.plugin), (datasets, spec.data.plugin)):
+        dist, version = registry.source(name)
+        out[name] = f"{dist}=={version}"
     return out
 
 

@@ -250,6 +250,12 @@ class Registry:
             entry.cls = cls
         return entry.cls
 
+    def source(self, name: str) -> tuple[str, str]:
+        """(distribution, version) a plugin comes from; a decorated one names its module."""
+        self.get(name)
+        entry = self._entries[name]
+        return entry.distribution, entry.version or "unknown"
+
     def create(self, name: str) -> Plugin:
         return self.get(name)()
 

@@ -11,7 +11,6 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,25 +60,19 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def _plugin_version(cls: type) -> str:
-    top = cls.__module__.split(".")[0]
-    for dist in metadata.packages_distributions().get(top, []):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            return metadata.version(dist)
-    return "unknown"
-
-
 def tags_for(spec: PipelineSpec) -> dict[str, str]:
-    arch = architectures.get(spec.model.plugin)
-    data = datasets.get(spec.data.plugin)
+    arch_dist, arch_version = architectures.source(spec.model.plugin)
+    data_dist, data_version = datasets.source(spec.data.plugin)
     tags = {
         "plexa.version": plexa.__version__,
         "plexa.pipeline": spec.name,
         "plexa.runner": spec.compute.runner,
         "plexa.architecture": spec.model.plugin,
-        "plexa.architecture.version": _plugin_version(arch),
+        "plexa.architecture.distribution": arch_dist,
+        "plexa.architecture.version": arch_version,
         "plexa.data": spec.data.plugin,
-        "plexa.data.version": _plugin_version(data),
+        "plexa.data.distribution": data_dist,
+        "plexa.data.version": data_version,
     }
     commit = _git_commit()
     if commit:
@@ -143,12 +136,14 @@ def get_run(run_id: str, uri: str | None = None) -> Run:
 
 def logged_pipeline(run_id: str, uri: str | None = None) -> str:
     """The resolved pipeline YAML a run was started with."""
+    import tempfile
+
     import mlflow
 
     get_run(run_id, uri)
-    with contextlib.suppress(Exception):
-        mlflow.set_tracking_uri(resolve_uri(uri))
-    return mlflow.artifacts.load_text(f"runs:/{run_id}/{PIPELINE_ARTIFACT}")
+    client = mlflow.MlflowClient(resolve_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, PIPELINE_ARTIFACT, tmp)).read_text()
 
 
 @contextlib.contextmanager
