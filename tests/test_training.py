@@ -159,6 +159,8 @@ def test_two_process_ddp_on_cpu_logs_one_run(workdir: Path) -> None:
     # each of the 2 ranks takes half of the 1,257 training samples: 10 steps of 64, not 20
     assert history(runs[0].info.run_id)["global_step"] == [(0, 10.0), (1, 20.0)]
     assert runs[0].data.metrics["test/acc"] > 0.5  # 10 classes: chance is 0.1
+    rates = [runs[0].data.metrics[f"worker_{r}/samples_per_second"] for r in range(2)]
+    assert all(rate > 0 for rate in rates)
 
 
 def test_early_stopping_ends_the_run_when_val_loss_stalls(workdir: Path) -> None:

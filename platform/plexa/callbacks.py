@@ -4,7 +4,7 @@ the console and the tracker."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -56,15 +56,22 @@ class EpochReport(L.Callback):
         )
 
     def report(self, trainer: L.Trainer) -> None:
-        """Called by `CommitCheckpoint` once the epoch's checkpoint is on disk."""
+        """Called on every rank by `CommitCheckpoint` once the epoch's checkpoint is saved."""
+        seconds = time.perf_counter() - self._start
+        rate = self._samples / max(seconds, 1e-9)
+        rates = [rate]
+        if trainer.world_size > 1:  # every rank takes part; rank zero logs each worker's rate
+            gathered = trainer.strategy.all_gather(torch.tensor([rate], dtype=torch.float64))
+            rates = gathered.flatten().tolist()
         if not trainer.is_global_zero:
             return
-        seconds = time.perf_counter() - self._start
         metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] != "test"
         }
         metrics["epoch_seconds"] = seconds
-        metrics["samples_per_second"] = self._samples * trainer.world_size / max(seconds, 1e-9)
+        metrics["samples_per_second"] = sum(rates)
+        if len(rates) > 1:
+            metrics.update({f"worker_{r}/samples_per_second": v for r, v in enumerate(rates)})
         metrics["global_step"] = float(trainer.global_step)
         if trainer.optimizers:
             metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
@@ -73,16 +80,18 @@ class EpochReport(L.Callback):
 
 
 class CommitCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that reports the epoch only after saving it.
+    """A ModelCheckpoint that announces an epoch only after saving it.
 
     An epoch is then either saved and reported, or neither: a run interrupted at any point and
-    resumed from its last checkpoint logs every epoch exactly once.
+    resumed from its last checkpoint logs every epoch exactly once. `after_save` hooks run on
+    every rank (a distributed runner hands the checkpoint to its cluster there).
     """
 
-    def __init__(self, report: EpochReport, **kwargs: Any) -> None:
+    def __init__(self, after_save: Sequence[Callable[[L.Trainer], None]], **kwargs: Any) -> None:
         super().__init__(save_on_train_epoch_end=True, **kwargs)
-        self.epoch_report = report
+        self.after_save = list(after_save)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self.epoch_report.report(trainer)
+        for hook in self.after_save:
+            hook(trainer)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -115,7 +116,39 @@ def run(
     callbacks: Sequence[L.Callback] = (),
     resume_from: Path | None = None,
 ) -> Trained:
-    """Fit, then test the best checkpoint. Raises RunInterrupted on Ctrl-C."""
+    """Fit on this machine, then test the best checkpoint. Raises RunInterrupted on Ctrl-C."""
+    accelerator, devices, strategy = _accelerator(spec)
+    return fit_and_test(
+        spec,
+        data,
+        module,
+        run_dir,
+        monitor=monitor,
+        sinks=sinks,
+        callbacks=callbacks,
+        resume_from=resume_from,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+    )
+
+
+def fit_and_test(
+    spec: PipelineSpec,
+    data: DataSplits,
+    module: L.LightningModule,
+    run_dir: Path,
+    *,
+    monitor: tuple[str, str],
+    sinks: Sequence[EpochSink] = (),
+    callbacks: Sequence[L.Callback] = (),
+    resume_from: Path | None = None,
+    after_save: Sequence[Callable[[L.Trainer], None]] = (),
+    prepare: Callable[[L.Trainer], L.Trainer] = lambda trainer: trainer,
+    **placement: Any,
+) -> Trained:
+    """The training every runner shares; runners differ only in `placement` (accelerator,
+    devices, strategy, cluster plugins), `after_save` hooks and `prepare`."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     t = spec.train
@@ -124,7 +157,7 @@ def run(
         mode = "min"
     report = EpochReport(list(sinks))
     checkpoint = CommitCheckpoint(
-        report,
+        [report.report, *after_save],
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=metric,
@@ -142,12 +175,8 @@ def run(
         cbs.append(EarlyStopping(es_metric, es.min_delta, es.patience, mode=es_mode))
     cbs += callbacks
 
-    accelerator, devices, strategy = _accelerator(spec)
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
         precision=t.precision,
         # a module that steps its own optimiser (plexa's task modules) clips itself
         gradient_clip_val=t.gradient_clip if module.automatic_optimization else None,
@@ -157,7 +186,9 @@ def run(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
+        **placement,
     )
+    trainer = prepare(trainer)
     previous = signal.getsignal(signal.SIGINT)
     datamodule = memory_data(module, data, t)
     try:
