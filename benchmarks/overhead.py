@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from plexa.callbacks import EpochSeed
 from plexa.config import PipelineSpec, load_pipeline
-from plexa.orchestrator import _assemble
+from plexa.orchestrator import assemble
 from plexa.plugins import DataSplits
 from plexa.runners.local import memory_data
 
@@ -112,7 +112,7 @@ def _trainer(spec: PipelineSpec, callbacks: list[L.Callback], root: str) -> L.Tr
 
 
 def run_plain(spec: PipelineSpec, root: str) -> list[float]:
-    _, data, net, _ = _assemble(spec)  # seeds, then builds: the same initial weights as plexa
+    _, data, net, _ = assemble(spec)  # seeds, then builds: the same initial weights as plexa
     train, val = _loaders(data, spec.train.batch_size)
     opt = spec.train.optimizer
     optimizer = torch.optim.AdamW(net.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
@@ -138,7 +138,7 @@ def run_plain(spec: PipelineSpec, root: str) -> list[float]:
 
 
 def run_lightning(spec: PipelineSpec, root: str) -> list[float]:
-    _, data, net, _ = _assemble(spec)
+    _, data, net, _ = assemble(spec)
     train, val = _loaders(data, spec.train.batch_size)
     opt = spec.train.optimizer
     timer = EpochTimer()
@@ -148,7 +148,7 @@ def run_lightning(spec: PipelineSpec, root: str) -> list[float]:
 
 
 def run_plexa(spec: PipelineSpec, root: str) -> list[float]:
-    _, data, _, module = _assemble(spec)
+    _, data, _, module = assemble(spec)
     t = spec.train
     timer = EpochTimer()
     # EpochSeed as in the local runner; the timer goes first so its epoch includes EpochSeed
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "train.scheduler.warmup_epochs=0",
     ]
     spec = load_pipeline(args.pipeline, overrides)
-    _, data, _, _ = _assemble(spec)  # only for the sizes in the report
+    _, data, _, _ = assemble(spec)  # only for the sizes in the report
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     per_run: dict[str, list[float]] = {name: [] for name in CONTENDERS}

@@ -3,10 +3,8 @@ each command so `plexa --help` answers at once."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -49,14 +47,9 @@ def _console() -> Console:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for plexa's own lines: library chatter goes to WARNING and above."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO on import)
+    from plexa.quiet import quiet_libraries
 
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    quiet_libraries()
 
 
 def _fail(message: str, code: int) -> typer.Exit:

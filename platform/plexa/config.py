@@ -72,9 +72,16 @@ class TrainSpec(_Strict):
 
 
 class ComputeSpec(_Strict):
-    runner: Literal["local"] = "local"
+    runner: Literal["local", "ray"] = "local"
+    # local: Lightning on this machine
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"
+    # ray: Ray Train workers on an embedded Ray (no address) or a cluster
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    address: str | None = None  # ray://host:10001, host:6379, or "auto"; default RAY_ADDRESS
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts; -1: unlimited
 
     @model_validator(mode="after")
     def _positive(self) -> ComputeSpec:

@@ -51,7 +51,7 @@ def run(
     from plexa.runners import local
 
     started = time.perf_counter()
-    arch, data, net, module = _assemble(spec)
+    arch, data, net, module = assemble(spec)
     monitor = getattr(module, "monitor", ("val/loss", "min"))
 
     if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
@@ -70,16 +70,31 @@ def run(
         if not resume:
             _log_setup(tracker, module, data, run_dir)
         try:
-            trained = local.run(
-                spec,
-                data,
-                module,
-                run_dir,
-                monitor=monitor,
-                sinks=[tracker.epoch_sink, *sinks],
-                callbacks=callbacks,
-                resume_from=resume_from,
-            )
+            if spec.compute.runner == "ray":
+                from plexa.runners import ray
+
+                trained = ray.run(
+                    spec,
+                    data,
+                    module,
+                    run_dir,
+                    monitor=monitor,
+                    run_id=tracker.run_id,
+                    tracking_uri=tracker.uri,
+                    callbacks=callbacks,
+                    resume_from=resume_from,
+                )
+            else:
+                trained = local.run(
+                    spec,
+                    data,
+                    module,
+                    run_dir,
+                    monitor=monitor,
+                    sinks=[tracker.epoch_sink, *sinks],
+                    callbacks=callbacks,
+                    resume_from=resume_from,
+                )
         except RunInterrupted as exc:
             if exc.last_checkpoint and exc.last_checkpoint.exists():
                 tracker.log_artifact(exc.last_checkpoint, "checkpoints")
@@ -150,7 +165,7 @@ def _checkpoint(run_id: str, run_dir: Path, name: str) -> Path:
     return Path(path)
 
 
-def _assemble(spec: PipelineSpec) -> tuple[Any, DataSplits, Any, L.LightningModule]:
+def assemble(spec: PipelineSpec) -> tuple[Any, DataSplits, Any, L.LightningModule]:
     """Plugins -> data -> network -> LightningModule, seeded so weights start the same."""
     import lightning as L
 
@@ -178,7 +193,7 @@ def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
     spec = validate(raw, f"pipeline of run {run_id}")
     if tracking_uri:
         spec.tracking.uri = tracking_uri
-    arch, data, net, module = _assemble(spec)
+    arch, data, net, module = assemble(spec)
     run_dir = Path(run.data.tags.get("plexa.run_dir", runs_root() / run_id))
     try:
         ckpt = _checkpoint(run_id, run_dir, "best")

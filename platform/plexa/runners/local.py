@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,8 @@ def fit_and_test(
         last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
         raise RunInterrupted(None, last) from None
     finally:
-        signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored
+        if threading.current_thread() is threading.main_thread():  # not so in a Ray worker
+            signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored
     best = checkpoint.best_model_path or None
     results = trainer.test(
         module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False

@@ -1,0 +1,198 @@
+"""The Ray runner: the same Lightning training on Ray Train workers, on an embedded Ray or a
+cluster.
+
+Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own, a
+hook hands each saved checkpoint to Ray (so a restarted worker group resumes from it), and rank
+zero logs to the MLflow run the driver opened. Model and task code are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plexa.config import ComputeSpec, PipelineSpec
+from plexa.runners.local import Trained
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from plexa.plugins import DataSplits
+
+INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.train  # noqa: F401
+    except ImportError as exc:  # heavy and optional: say how to get it
+        raise ImportError(INSTALL_HINT) from exc
+    return ray
+
+
+def connect(compute: ComputeSpec) -> str:
+    """Join `compute.address` (or RAY_ADDRESS); with neither, start Ray in this process sized
+    to the machine. Returns a description for the logs."""
+    ray = _ray()
+    address = compute.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return "the Ray this process already joined"
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return f"Ray cluster at {address}"
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    return f"embedded Ray ({os.cpu_count()} CPUs)"
+
+
+def run(
+    spec: PipelineSpec,
+    data: DataSplits,
+    module: L.LightningModule,
+    run_dir: Path,
+    *,
+    monitor: tuple[str, str],
+    run_id: str,
+    tracking_uri: str,
+    callbacks: Sequence[L.Callback] = (),
+    resume_from: Path | None = None,
+) -> Trained:
+    """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`."""
+    import torch
+
+    ray = _ray()
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from plexa.plugins import architectures, datasets
+
+    c = spec.compute
+    embedded = connect(c).startswith("embedded")
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "monitor": monitor,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "run_dir": str(run_dir),
+        # plugins registered in this process (decorators) travel with the job
+        "plugins": (architectures.get(spec.model.plugin), datasets.get(spec.data.plugin)),
+        "callbacks": list(callbacks),
+    }
+    resources = {"CPU": c.cpus_per_worker, "GPU": c.gpus_per_worker}
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"plexa-{run_id}",
+            storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=c.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        resume_from_checkpoint=(
+            Checkpoint.from_directory(str(resume_from.parent)) if resume_from else None
+        ),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        if embedded:
+            ray.shutdown()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
+
+    # the final checkpoint holds best.ckpt and last.ckpt from rank zero's node
+    local = run_dir / "checkpoints"
+    local.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as folder:
+        for name in ("best.ckpt", "last.ckpt"):
+            if (Path(folder) / name).exists():
+                shutil.copy2(Path(folder) / name, local / name)
+    best = local / "best.ckpt" if (local / "best.ckpt").exists() else local / "last.ckpt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))}
+    return Trained(module, metrics, best, local / "last.ckpt")
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: build the pipeline, fit and test with Ray's DDP strategy."""
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    from plexa.orchestrator import assemble
+    from plexa.plugins import architectures, datasets
+    from plexa.quiet import quiet_libraries
+    from plexa.runners.local import fit_and_test
+
+    quiet_libraries()
+    arch_cls, data_cls = config["plugins"]
+    for registry, cls in ((architectures, arch_cls), (datasets, data_cls)):
+        if cls.name not in registry.names():
+            registry.register(cls.name, cls)
+    spec = PipelineSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    run_dir = Path(config["run_dir"])
+
+    sinks = []
+    if rank == 0:
+        import mlflow
+
+        from plexa.tracking import Tracker
+
+        mlflow.set_tracking_uri(config["tracking_uri"])
+        sinks = [Tracker(config["run_id"], config["tracking_uri"]).epoch_sink, _print_epoch]
+
+    resume_from = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:  # a restarted worker group, or `--resume`
+        with restored.as_directory() as folder:
+            resume_from = Path(tempfile.mkdtemp(prefix="plexa-resume-")) / "last.ckpt"
+            shutil.copy2(Path(folder) / "last.ckpt", resume_from)
+
+    def hand_to_ray(trainer: L.Trainer) -> None:
+        """Every rank reports; rank zero's checkpoint folder is persisted to the run's storage."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["epoch"] = trainer.current_epoch
+        folder = run_dir / "checkpoints"
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    _, data, _, module = assemble(spec)
+    use_gpu = spec.compute.gpus_per_worker > 0
+    trained = fit_and_test(
+        spec,
+        data,
+        module,
+        run_dir,
+        monitor=tuple(config["monitor"]),
+        sinks=sinks,
+        callbacks=config["callbacks"],
+        resume_from=resume_from,
+        after_save=[hand_to_ray],
+        prepare=prepare_trainer,
+        accelerator="gpu" if use_gpu else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+    )
+    final = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoints")) if rank == 0 else None
+    ray.train.report(trained.metrics, checkpoint=final)
+    if rank == 0:
+        import mlflow
+
+        mlflow.flush_async_logging()
+
+
+def _print_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    shown = "  ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))
+    )
+    print(f"epoch {epoch + 1:>3}  {shown}  {metrics['epoch_seconds']:.2f}s", flush=True)
