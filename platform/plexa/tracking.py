@@ -86,11 +86,15 @@ class Tracker:
 
     run_id: str
     uri: str
+    # a process that may be killed at any moment (a Ray worker) logs synchronously
+    synchronous: bool = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
-        mlflow.log_metrics(dict(metrics), step=step, synchronous=False, run_id=self.run_id)
+        mlflow.log_metrics(
+            dict(metrics), step=step, synchronous=self.synchronous, run_id=self.run_id
+        )
 
     def epoch_sink(self, epoch: int, metrics: dict[str, float]) -> None:
         self.log_metrics(metrics, step=epoch)
@@ -98,7 +102,9 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         import mlflow
 
-        mlflow.set_tags(dict(tags))
+        client = mlflow.MlflowClient(self.uri)
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, value)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         import mlflow

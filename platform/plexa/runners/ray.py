@@ -141,21 +141,16 @@ def _worker(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     run_dir = Path(config["run_dir"])
 
-    sinks = []
-    if rank == 0:
-        import mlflow
-
-        from plexa.tracking import Tracker
-
-        mlflow.set_tracking_uri(config["tracking_uri"])
-        sinks = [Tracker(config["run_id"], config["tracking_uri"]).epoch_sink, _print_epoch]
-
     resume_from = None
     restored = ray.train.get_checkpoint()
     if restored is not None:  # a restarted worker group, or `--resume`
         with restored.as_directory() as folder:
             resume_from = Path(tempfile.mkdtemp(prefix="plexa-resume-")) / "last.ckpt"
             shutil.copy2(Path(folder) / "last.ckpt", resume_from)
+
+    sinks = []
+    if rank == 0:
+        sinks = _rank_zero_sinks(config["run_id"], config["tracking_uri"], resume_from)
 
     def hand_to_ray(trainer: L.Trainer) -> None:
         """Every rank reports; rank zero's checkpoint folder is persisted to the run's storage."""
@@ -185,10 +180,29 @@ def _worker(config: dict[str, Any]) -> None:
     )
     final = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoints")) if rank == 0 else None
     ray.train.report(trained.metrics, checkpoint=final)
-    if rank == 0:
-        import mlflow
 
-        mlflow.flush_async_logging()
+
+def _rank_zero_sinks(run_id: str, uri: str, resume_from: Path | None) -> list:
+    """MLflow and console sinks that log each epoch once, even when Ray restarts the group
+    from a checkpoint older than the last epoch logged."""
+    import mlflow
+    import torch
+
+    from plexa.tracking import Tracker
+
+    mlflow.set_tracking_uri(uri)
+    tracker = Tracker(run_id, uri, synchronous=True)
+    logged = {m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, "global_step")}
+    if resume_from is not None:
+        epoch = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
+        tracker.set_tags({"plexa.ray.resumed_after_epoch": str(epoch)})
+
+    def once(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch not in logged:
+            tracker.epoch_sink(epoch, metrics)
+            _print_epoch(epoch, metrics)
+
+    return [once]
 
 
 def _print_epoch(epoch: int, metrics: dict[str, float]) -> None:
