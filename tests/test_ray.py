@@ -107,3 +107,19 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_completes(ray_run, wo
     # per-epoch seeding makes the replayed epoch identical to the uninterrupted run's
     uninterrupted, _ = ray_run
     assert result.metrics["test/acc"] == pytest.approx(uninterrupted.metrics["test/acc"], abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_one_gpu_worker_trains_an_epoch(workdir: Path) -> None:
+    spec = load_pipeline(
+        PIPELINES / "digits-cnn.yaml",
+        [
+            "compute.runner=ray",
+            "compute.workers=1",
+            "compute.gpus_per_worker=1",
+            "train.max_epochs=1",
+        ],
+    )
+    result = orchestrator.run(spec)
+    assert result.metrics["test/acc"] > 0.5
+    assert result.export.max_abs_diff <= 1e-4
