@@ -253,6 +253,134 @@ def ui(
     os.execv(sys.executable, args)
 
 
+JobsAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="The cluster's jobs API (its dashboard); default RAY_API_SERVER_ADDRESS, an "
+        "http(s) RAY_ADDRESS, else http://127.0.0.1:8265.",
+        show_default=False,
+    ),
+]
+JobsToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="The cluster's auth token; default RAY_AUTH_TOKEN, else the file in "
+        "RAY_AUTH_TOKEN_PATH. Prefer the variable: a command line is visible in `ps`.",
+        show_default=False,
+    ),
+]
+JobId = Annotated[str, typer.Argument(help="A Ray job (submission) id.", show_default=False)]
+
+
+@app.command()
+def submit(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    address: JobsAddress = None,
+    token: JobsToken = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="KEY=VALUE for the job's environment (repeatable)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Follow the job's logs until it ends.")
+    ] = True,
+) -> None:
+    """Run a pipeline on a Ray cluster as a Ray job; exit with its outcome (0: SUCCEEDED)."""
+    spec = _load(pipeline, overrides)
+    from plexa import jobs
+
+    console = _console()
+    try:
+        job_env = jobs.parse_env(env or [])
+    except jobs.JobsError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    job_id = None
+    try:
+        warning = jobs.plain_http_risk(jobs.resolve_address(address), jobs.resolve_token(token))
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        note = jobs.tracking_note(spec, job_env)
+        if note:
+            console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        client = jobs.connect(address, token)
+        job_id = jobs.submit(client, spec, job_env)
+        console.print(
+            f"[bold]plexa[/bold] submitted [cyan]{spec.name}[/cyan] to {client.get_address()} "
+            f"as Ray job [bold]{job_id}[/bold]"
+        )
+        if not wait:
+            console.print(f"follow it: plexa logs {job_id} --follow", markup=False)
+            return
+        status = jobs.watch(client, job_id, console, spec.train.max_epochs)
+        reason = "" if status == "SUCCEEDED" else jobs.message(client, job_id)
+    except jobs.JobsError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        if job_id:
+            console.print(
+                f"\n[yellow]detached[/yellow]: job {job_id} keeps running; "
+                f"follow: plexa logs {job_id} --follow; stop: ray job stop {job_id}",
+                soft_wrap=True,
+            )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    colour = "green" if status == "SUCCEEDED" else "red"
+    console.print(f"job {job_id} [{colour}]{status}[/{colour}] {reason}".rstrip(), soft_wrap=True)
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@app.command(name="jobs")
+def jobs_(address: JobsAddress = None, token: JobsToken = None) -> None:
+    """The Ray cluster's jobs, newest first: id, status, entrypoint, start time."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from plexa import jobs
+
+    try:
+        rows = jobs.list_jobs(jobs.connect(address, token))
+    except jobs.JobsError as exc:
+        raise _fail(str(exc), 1) from None
+    colours = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan"}
+    table = Table("job id", "status", "entrypoint", "started", "type")
+    for row in rows:
+        status = Text(row.status, style=colours.get(row.status, ""))
+        table.add_row(row.job_id, status, Text(row.entrypoint), row.started, row.kind)
+    _console().print(table)
+
+
+@app.command()
+def logs(
+    job_id: JobId,
+    address: JobsAddress = None,
+    token: JobsToken = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+) -> None:
+    """Print a Ray job's logs."""
+    from plexa import jobs
+
+    console = _console()
+    try:
+        client = jobs.connect(address, token)
+        if follow:
+            from rich.text import Text
+
+            status = jobs.tail(
+                client, job_id, lambda line: console.print(Text.from_ansi(line), soft_wrap=True)
+            )
+            console.print(f"job {job_id} {status}", markup=False)
+        else:
+            sys.stdout.write(jobs.logs(client, job_id))
+    except jobs.JobsError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 def main() -> None:
     app()
 

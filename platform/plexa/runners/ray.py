@@ -43,7 +43,16 @@ def connect(compute: ComputeSpec) -> str:
     if ray.is_initialized():
         return "the Ray this process already joined"
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except ConnectionError as exc:
+            # a token-auth cluster answers a driver without the token only with retries, then
+            # this; Ray reads RAY_AUTH_MODE once at import, so it must be set before plexa starts
+            raise ConnectionError(
+                f"{exc}. If the cluster uses token authentication, run plexa with "
+                "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named "
+                "by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)."
+            ) from exc
         return f"Ray cluster at {address}"
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     return f"embedded Ray ({os.cpu_count()} CPUs)"
