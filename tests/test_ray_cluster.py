@@ -110,6 +110,14 @@ def test_submit_runs_a_pipeline_as_a_ray_job(cluster: RayCluster, workdir: Path)
     )
     assert logs.returncode == 0 and "epoch   1/1" in logs.stdout, logs.stdout + logs.stderr
 
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(
+        cluster.dashboard_url, headers={"Authorization": f"Bearer {cluster.token}"}
+    )
+    shipped = client.get_job_info(job_id).runtime_env
+    assert len(shipped["py_modules"]) == 3  # plexa, plexa_models, plexa_data travel with it
+
 
 def test_submit_exits_1_when_the_job_fails(cluster: RayCluster, workdir: Path) -> None:
     """A job that fails on the cluster (its run folder can't be made) makes `submit` exit 1;

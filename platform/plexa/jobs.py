@@ -177,18 +177,19 @@ def submit(
     Writing the resolved spec means the job runs exactly what was validated here, with no shell
     quoting of overrides, and relative data paths are already absolute.
 
-    What a real remote cluster needs: plexa itself installed in its image (same version, with
-    the plugin distributions and the `ray` extra), because the entrypoint is the `plexa` command
-    and plugins are found through installed entry points. `py_modules` could ship plexa's
-    source, but not its console script, its entry-point metadata or torch/Lightning/MLflow, so
-    it is no substitute for the image. Data files the pipeline names must exist at the same
-    path on the cluster, and MLflow must be reachable from it (`tracking.uri=http://...` or
-    `--env MLFLOW_TRACKING_URI=...`): a sqlite file in the job's working_dir is lost with it."""
+    plexa's own code travels with the job (`py_modules`: the core and the first-party plugin
+    packages, as they are here), so a cluster runs the submitter's version of it. What a real
+    remote cluster still needs: plexa installed in its image (with the plugin distributions
+    and the `ray` extra), because the entrypoint is the `plexa` command, plugins are found
+    through installed entry points, and torch, Lightning and MLflow come from there. Data files
+    the pipeline names must exist at the same path on the cluster, and MLflow must be
+    reachable from it (`tracking.uri=http://...` or `--env MLFLOW_TRACKING_URI=...`): a
+    sqlite file in the job's working_dir is lost with it."""
     submission_id = f"plexa-{spec.name}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="plexa-job-") as folder:
         header = f"# {spec.name}: resolved by plexa submit for Ray job {submission_id}\n"
         (Path(folder) / PIPELINE_FILE).write_text(header + spec.to_yaml())
-        runtime_env: dict[str, Any] = {"working_dir": folder}
+        runtime_env: dict[str, Any] = {"working_dir": folder, "py_modules": _code()}
         if env:
             runtime_env["env_vars"] = env
         return _call(
@@ -200,6 +201,18 @@ def submit(
                 metadata={"plexa_pipeline": spec.name},
             ),
         )
+
+
+def _code() -> list[str]:
+    """The folders of plexa's core and first-party plugin packages, found without importing."""
+    import importlib.util
+
+    folders = []
+    for package in ("plexa", "plexa_models", "plexa_data"):
+        found = importlib.util.find_spec(package)
+        if found is not None and found.submodule_search_locations:
+            folders.append(list(found.submodule_search_locations)[0])
+    return folders
 
 
 async def follow(
