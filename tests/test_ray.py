@@ -40,7 +40,7 @@ def ray_run(tmp_path_factory: pytest.TempPathFactory):
     """One uninterrupted 2-worker run, shared by the tests that compare against it."""
     home = tmp_path_factory.mktemp("ray-run")
     uri = f"sqlite:///{home}/mlflow.db"
-    spec = ray_spec(f"tracking.uri={uri}")
+    spec = ray_spec(f"tracking.uri={uri}", "export.onnx=true")
     os.environ["PLEXA_RUNS_DIR"] = str(home / "plexa-runs")
     try:
         result = orchestrator.run(spec)
@@ -79,6 +79,12 @@ def test_one_mlflow_run_with_rank_zero_epochs_and_worker_throughput(ray_run) -> 
         assert run.data.metrics[f"worker_{rank}/samples_per_second"] > 0
     assert "test/acc" in run.data.metrics
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+    # the same artifacts and export as a local run
+    client = mlflow.MlflowClient(uri)
+    assert {"pipeline.yaml", "plots", "checkpoints"} <= {
+        a.path for a in client.list_artifacts(result.run_id)
+    }
+    assert result.export.max_abs_diff <= 1e-4 and result.export.registered_version == "1"
 
 
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_completes(ray_run, workdir) -> None:
