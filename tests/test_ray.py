@@ -41,11 +41,10 @@ def ray_run(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("ray-run")
     uri = f"sqlite:///{home}/mlflow.db"
     spec = ray_spec(f"tracking.uri={uri}", "export.onnx=true")
-    os.environ["PLEXA_RUNS_DIR"] = str(home / "plexa-runs")
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # artifacts and runs land in `home`
+        patch.chdir(home)
+        patch.setenv("PLEXA_RUNS_DIR", str(home / "plexa-runs"))
         result = orchestrator.run(spec)
-    finally:
-        os.environ.pop("PLEXA_RUNS_DIR")
     return result, uri
 
 
@@ -85,6 +84,11 @@ def test_one_mlflow_run_with_rank_zero_epochs_and_worker_throughput(ray_run) -> 
         a.path for a in client.list_artifacts(result.run_id)
     }
     assert result.export.max_abs_diff <= 1e-4 and result.export.registered_version == "1"
+
+
+def test_ctrl_c_handling_is_plexa_s_again_after_a_ray_run(ray_run) -> None:
+    """Ray Train installs a SIGINT handler for its controller; plexa puts the previous back."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_completes(ray_run, workdir) -> None:

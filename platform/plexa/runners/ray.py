@@ -1,6 +1,9 @@
 """The Ray runner: the same Lightning training on Ray Train workers, on an embedded Ray or a
 cluster.
 
+This module imports nothing heavy at the top: Ray's Train controller unpickles `_worker` by
+importing it, and torch and Lightning there would only delay the workers' start.
+
 Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own, a
 hook hands each saved checkpoint to Ray (so a restarted worker group resumes from it), and rank
 zero logs to the MLflow run the driver opened. Model and task code are untouched.
@@ -10,18 +13,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import ComputeSpec, PipelineSpec
-from plexa.runners.local import Trained
 
 if TYPE_CHECKING:
     import lightning as L
 
     from plexa.plugins import DataSplits
+    from plexa.runners.local import Trained
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
 
@@ -78,6 +83,7 @@ def run(
     from ray.train.torch import TorchTrainer
 
     from plexa.plugins import architectures, datasets
+    from plexa.runners.local import Trained
 
     c = spec.compute
     embedded = connect(c).startswith("embedded")
@@ -108,9 +114,13 @@ def run(
             Checkpoint.from_directory(str(resume_from.parent)) if resume_from else None
         ),
     )
+    previous = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     finally:
+        # Ray Train leaves its own Ctrl-C handler behind, aimed at a controller that is gone
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
         if embedded:
             ray.shutdown()
     if result.checkpoint is None:
@@ -162,12 +172,28 @@ def _worker(config: dict[str, Any]) -> None:
         sinks = _rank_zero_sinks(config["run_id"], config["tracking_uri"], resume_from)
 
     def hand_to_ray(trainer: L.Trainer) -> None:
-        """Every rank reports; rank zero's checkpoint folder is persisted to the run's storage."""
+        """Every rank reports; rank zero's checkpoints go to the run's storage.
+
+        The upload runs in the background: a synchronous report waits for the controller's
+        next poll (seconds), which would stall every epoch. Rank zero hands Ray a snapshot, since
+        the next epoch overwrites the checkpoint folder while the upload may still be going.
+        """
+        from ray.train import CheckpointUploadMode
+
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["epoch"] = trainer.current_epoch
-        folder = run_dir / "checkpoints"
-        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = None
+        if rank == 0:
+            snapshot = Path(tempfile.mkdtemp(prefix="plexa-checkpoint-"))
+            for saved in (run_dir / "checkpoints").glob("*.ckpt"):
+                shutil.copy2(saved, snapshot / saved.name)
+            checkpoint = ray.train.Checkpoint.from_directory(str(snapshot))
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
 
     _, data, _, module = assemble(spec)
     use_gpu = spec.compute.gpus_per_worker > 0
