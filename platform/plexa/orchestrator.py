@@ -51,12 +51,16 @@ def run(
     from plexa.runners import local
 
     started = time.perf_counter()
-    arch, data, net, module = assemble(spec)
-    monitor = getattr(module, "monitor", ("val/loss", "min"))
+    on_ray = spec.compute.runner == "ray"
+    # Ray workers build their own copies; the driver builds its model after training, off the
+    # path to the first epoch
+    built = None if on_ray else assemble(spec)
 
     if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
+        assert built is not None
+        _, data, _, module = built
         run_dir = Path(os.environ[RUN_DIR_ENV])
-        local.run(spec, data, module, run_dir, monitor=monitor, callbacks=callbacks)
+        local.run(spec, data, module, run_dir, monitor=_monitor(module), callbacks=callbacks)
         return RunResult(spec.name, None, "FINISHED", model=module)
 
     from plexa import tracking
@@ -67,30 +71,30 @@ def run(
         run_dir = runs_root() / tracker.run_id
         os.environ[RUN_DIR_ENV] = str(run_dir)
         resume_from = _checkpoint(tracker.run_id, run_dir, "last") if resume else None
-        if not resume:
-            _log_setup(tracker, module, data, run_dir)
         try:
-            if spec.compute.runner == "ray":
+            if on_ray:
                 from plexa.runners import ray
 
                 trained = ray.run(
                     spec,
-                    data,
-                    module,
                     run_dir,
-                    monitor=monitor,
                     run_id=tracker.run_id,
                     tracking_uri=tracker.uri,
                     callbacks=callbacks,
                     resume_from=resume_from,
                 )
+                built = assemble(spec)
+                _load(built[3], trained.best_checkpoint or trained.last_checkpoint)
             else:
+                assert built is not None
+                if not resume:
+                    _log_setup(tracker, built[3], built[1], run_dir)
                 trained = local.run(
                     spec,
-                    data,
-                    module,
+                    built[1],
+                    built[3],
                     run_dir,
-                    monitor=monitor,
+                    monitor=_monitor(built[3]),
                     sinks=[tracker.epoch_sink, *sinks],
                     callbacks=callbacks,
                     resume_from=resume_from,
@@ -100,8 +104,11 @@ def run(
                 tracker.log_artifact(exc.last_checkpoint, "checkpoints")
             raise RunInterrupted(tracker.run_id, exc.last_checkpoint) from None
 
+        arch, data, net, module = built
+        if on_ray and not resume:
+            _log_setup(tracker, module, data, run_dir)
         tracker.log_metrics(trained.metrics)
-        _log_results(tracker, trained.module, data)
+        _log_results(tracker, net, data)
         for ckpt in (trained.best_checkpoint, trained.last_checkpoint):
             if ckpt is not None:
                 tracker.log_artifact(ckpt, "checkpoints")
@@ -124,8 +131,21 @@ def run(
         export=exported,
         seconds=time.perf_counter() - started,
         tracking_uri=tracker.uri,
-        model=trained.module,
+        model=module,
     )
+
+
+def _monitor(module: Any) -> tuple[str, str]:
+    """The metric a module's best checkpoint follows: its own, else validation loss."""
+    return getattr(module, "monitor", ("val/loss", "min"))
+
+
+def _load(module: Any, checkpoint: Path | None) -> None:
+    import torch
+
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
 
 
 def _check_resume(spec: PipelineSpec, run_id: str) -> None:
@@ -181,7 +201,6 @@ def assemble(spec: PipelineSpec) -> tuple[Any, DataSplits, Any, L.LightningModul
 def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
     """Rebuild a finished run's model from its logged pipeline and best checkpoint, export it
     to ONNX again and log it to the same run."""
-    import torch
     import yaml
 
     from plexa import tracking
@@ -199,8 +218,7 @@ def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
         ckpt = _checkpoint(run_id, run_dir, "best")
     except ResumeError:
         ckpt = _checkpoint(run_id, run_dir, "last")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+    _load(module, ckpt)
     with tracking.reopen(run_id, spec.tracking.uri):
         result = export_onnx(arch.export_module(net), spec, data, run_dir / "export", run_id)
         return log_onnx(result, spec, data.spec)
@@ -220,20 +238,24 @@ def _log_setup(tracker: Tracker, module: Any, data: DataSplits, run_dir: Path) -
     tracker.set_tags({"plexa.run_dir": str(run_dir)})
 
 
-def _log_results(tracker: Tracker, module: Any, data: DataSplits) -> None:
-    """Learning curves from the store (complete across resumes) and a confusion matrix."""
+def _log_results(tracker: Tracker, net: Any, data: DataSplits) -> None:
+    """Learning curves from the store (complete across resumes) and, for a classifier, the
+    confusion matrix of the trained network on the test split."""
     from plexa import plots
 
     names = [f"{s}/{m}" for s in ("train", "val") for m in ("loss", "acc", "r2", "mae")]
     history = {k: v for k, v in tracker.history(names).items() if v}
     if history:
         tracker.log_figure(plots.curves(history), "learning_curves.png")
-    outputs = getattr(module, "test_outputs", None)
-    if data.spec.task == "classification" and outputs:
+    if data.spec.task == "classification":
         import torch
 
-        logits = torch.cat([o for o, _ in outputs])
-        targets = torch.cat([t for _, t in outputs])
+        from plexa.loaders import to_tensors
+
+        net.eval()
+        x, _ = to_tensors(data.test, next(net.parameters()).device)
+        with torch.no_grad():
+            predicted = torch.cat([net(b).argmax(1).cpu() for b in x.split(1024)])
         names_ = data.spec.class_names or tuple(str(i) for i in range(data.spec.output_size))
-        figure = plots.confusion(targets.tolist(), logits.argmax(1).tolist(), names_)
+        figure = plots.confusion(data.test.y.tolist(), predicted.tolist(), names_)
         tracker.log_figure(figure, "confusion_matrix.png")

@@ -36,7 +36,6 @@ class TaskModule(L.LightningModule):
         self.train_spec = train
         # per stage and key, one value per batch; summed once at the end of the epoch
         self._sums: dict[str, dict[str, list[torch.Tensor | float]]] = {}
-        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -61,8 +60,6 @@ class TaskModule(L.LightningModule):
             acc = self._sums.setdefault(stage, {})
             for key, value in self.batch_sums(out, y, loss).items():
                 acc.setdefault(key, []).append(value)
-            if stage == "test":
-                self.test_outputs.append((out.detach().cpu(), y.detach().cpu()))
         return loss
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, idx: int) -> Any:
@@ -117,9 +114,6 @@ class TaskModule(L.LightningModule):
         # see train and val side by side
         self._log_epoch("train")
         self._log_epoch("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.test_outputs = []
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -89,7 +89,7 @@ def memory_data(module: L.LightningModule, data: DataSplits, train: TrainSpec) -
 
 @dataclass
 class Trained:
-    module: L.LightningModule
+    module: L.LightningModule | None  # None where training ran in other processes (Ray)
     metrics: dict[str, float]
     best_checkpoint: Path | None
     last_checkpoint: Path | None

@@ -25,7 +25,6 @@ from plexa.config import ComputeSpec, PipelineSpec
 if TYPE_CHECKING:
     import lightning as L
 
-    from plexa.plugins import DataSplits
     from plexa.runners.local import Trained
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
@@ -65,19 +64,17 @@ def connect(compute: ComputeSpec) -> str:
 
 def run(
     spec: PipelineSpec,
-    data: DataSplits,
-    module: L.LightningModule,
     run_dir: Path,
     *,
-    monitor: tuple[str, str],
     run_id: str,
     tracking_uri: str,
     callbacks: Sequence[L.Callback] = (),
     resume_from: Path | None = None,
 ) -> Trained:
-    """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`."""
-    import torch
+    """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`.
 
+    Returns the test metrics and the best and last checkpoints, copied to `run_dir`; the
+    caller builds its own model from them (`module` is None)."""
     ray = _ray()
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -89,7 +86,6 @@ def run(
     embedded = connect(c).startswith("embedded")
     config = {
         "spec": spec.model_dump(mode="json"),
-        "monitor": monitor,
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "run_dir": str(run_dir),
@@ -134,10 +130,8 @@ def run(
             if (Path(folder) / name).exists():
                 shutil.copy2(Path(folder) / name, local / name)
     best = local / "best.ckpt" if (local / "best.ckpt").exists() else local / "last.ckpt"
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
     metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))}
-    return Trained(module, metrics, best, local / "last.ckpt")
+    return Trained(None, metrics, best, local / "last.ckpt")
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -202,7 +196,7 @@ def _worker(config: dict[str, Any]) -> None:
         data,
         module,
         run_dir,
-        monitor=tuple(config["monitor"]),
+        monitor=getattr(module, "monitor", ("val/loss", "min")),
         sinks=sinks,
         callbacks=config["callbacks"],
         resume_from=resume_from,
@@ -219,20 +213,33 @@ def _worker(config: dict[str, Any]) -> None:
 
 def _rank_zero_sinks(run_id: str, uri: str, resume_from: Path | None) -> list:
     """MLflow and console sinks that log each epoch once, even when Ray restarts the group
-    from a checkpoint older than the last epoch logged."""
-    import mlflow
-    import torch
+    from a checkpoint older than the last epoch logged.
 
-    from plexa.tracking import Tracker
+    The MLflow client is set up in a thread, while the worker loads data and builds its model:
+    it is needed only when the first epoch ends.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
-    mlflow.set_tracking_uri(uri)
-    tracker = Tracker(run_id, uri, synchronous=True)
-    logged = {m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, "global_step")}
-    if resume_from is not None:
-        epoch = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
-        tracker.set_tags({"plexa.ray.resumed_after_epoch": str(epoch)})
+    def setup() -> tuple[Any, set[int]]:
+        import mlflow
+        import torch
+
+        from plexa.tracking import Tracker
+
+        mlflow.set_tracking_uri(uri)
+        tracker = Tracker(run_id, uri, synchronous=True)
+        history = mlflow.MlflowClient(uri).get_metric_history(run_id, "global_step")
+        if resume_from is not None:
+            epoch = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
+            tracker.set_tags({"plexa.ray.resumed_after_epoch": str(epoch)})
+        return tracker, {m.step for m in history}
+
+    pool = ThreadPoolExecutor(1)
+    ready = pool.submit(setup)
+    pool.shutdown(wait=False)  # the thread ends once setup() returns
 
     def once(epoch: int, metrics: dict[str, float]) -> None:
+        tracker, logged = ready.result()
         if epoch not in logged:
             tracker.epoch_sink(epoch, metrics)
             _print_epoch(epoch, metrics)
