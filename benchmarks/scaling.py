@@ -394,11 +394,12 @@ NOTES = (
     "steps): a 5% goal asks for a few milliseconds of precision, which a shared 2-core machine "
     "does not give; `--set train.batch_size=16 --epochs 10` or a bigger pipeline give more work "
     "per epoch, `--repeats 5` more runs.",
-    "Epoch-to-epoch under Ray (plexa's and the bare job's alike) is held near 2 s when epochs "
-    "are shorter than that: Ray Train 2.55's controller collects worker results every "
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2.0) and a worker's result queue holds one, so "
-    "each `ray.train.report` waits until the previous one was collected. `epoch_seconds` ends "
-    "before the report and does not show it.",
+    "The bare job's epoch-to-epoch is held near 2 s when epochs are shorter than that: Ray "
+    "Train 2.55's controller collects worker results every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S "
+    "(default 2.0) and a worker holds one uncollected result, so a synchronous "
+    "`ray.train.report` (RayTrainReportCallback's) waits for the previous one to be collected. "
+    "plexa reports with checkpoint_upload_mode=ASYNC and a snapshot of the checkpoint, so its "
+    "epochs are not held. `epoch_seconds` ends before the report and shows neither.",
     "Start-up of a Ray run includes starting Ray itself (GCS and raylet, no dashboard), the "
     "Train controller actor and the worker actors, each a new Python process importing torch on "
     "the same 2 cores.",
