@@ -111,27 +111,36 @@ def run(
     data: DataSplits,
     module: L.LightningModule,
     run_dir: Path,
-    *,
-    monitor: tuple[str, str],
-    sinks: Sequence[EpochSink] = (),
-    callbacks: Sequence[L.Callback] = (),
-    resume_from: Path | None = None,
+    **options: Any,
 ) -> Trained:
-    """Fit on this machine, then test the best checkpoint. Raises RunInterrupted on Ctrl-C."""
+    """Fit on this machine, then test the best checkpoint. Raises RunInterrupted on Ctrl-C.
+
+    `options` are `fit_and_test`'s: monitor, sinks, callbacks, resume_from."""
     accelerator, devices, strategy = _accelerator(spec)
-    return fit_and_test(
-        spec,
-        data,
-        module,
-        run_dir,
-        monitor=monitor,
-        sinks=sinks,
-        callbacks=callbacks,
-        resume_from=resume_from,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-    )
+    try:
+        return fit_and_test(
+            spec,
+            data,
+            module,
+            run_dir,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            **options,
+        )
+    finally:
+        if strategy == "ddp":
+            _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Lightning keeps the DDP process group for reuse; a process that exits with it alive
+    can die in gloo's threads ("terminate called without an active exception"), and
+    Lightning's launcher then kills every rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def fit_and_test(
