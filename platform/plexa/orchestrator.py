@@ -48,8 +48,6 @@ def run(
     callbacks: Sequence[L.Callback] = (),
 ) -> RunResult:
     """Train, test, track and export one pipeline. `resume` is an MLflow run id."""
-    from plexa.runners import local
-
     started = time.perf_counter()
     on_ray = spec.compute.runner == "ray"
     # Ray workers build their own copies; the driver builds its model after training, off the
@@ -57,6 +55,8 @@ def run(
     built = None if on_ray else assemble(spec)
 
     if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
+        from plexa.runners import local
+
         assert built is not None
         _, data, _, module = built
         run_dir = Path(os.environ[RUN_DIR_ENV])
@@ -86,6 +86,8 @@ def run(
                 built = assemble(spec)
                 _load(built[3], trained.best_checkpoint or trained.last_checkpoint)
             else:
+                from plexa.runners import local
+
                 assert built is not None
                 if not resume:
                     _log_setup(tracker, built[3], built[1], run_dir)

@@ -19,10 +19,21 @@ _MESSAGES = (
 
 
 def quiet_libraries() -> None:
+    """Without importing the libraries: importing Lightning alone takes seconds, which a Ray
+    driver that only trains on workers should not spend before its first epoch."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO on import)
-
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "ray.train"):
+    # Lightning resets its package loggers to INFO when imported, but not the modules' own
+    # loggers its messages come from: those keep the level set here
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "mlflow",
+        "alembic",
+        "ray.train",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in _MESSAGES:
         warnings.filterwarnings("ignore", message=message)
