@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import os
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from plexa.callbacks import EpochSeed
 from plexa.config import PipelineSpec, load_pipeline
 from plexa.orchestrator import assemble
 from plexa.plugins import DataSplits
+from plexa.quiet import quiet_libraries
 from plexa.runners.local import memory_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,14 +163,6 @@ CONTENDERS: dict[str, Callable[[PipelineSpec, str], list[float]]] = {
 }
 
 
-def _quiet() -> None:
-    """Lightning's per-fit banners and DataLoader-worker hints would bury the table."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch 2.13
-
-
 def _markdown(meta: dict[str, str], rows: list[tuple[str, float, float, list[float]]]) -> str:
     lines = ["# Training-loop overhead", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
@@ -200,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch is discarded as warm-up")
 
-    _quiet()
+    quiet_libraries()  # Lightning's per-fit banners would bury the table
     overrides = [
         f"train.max_epochs={args.epochs}",
         "train.scheduler.name=none",  # constant rate in every contender: time the loop only

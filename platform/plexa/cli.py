@@ -46,12 +46,6 @@ def _console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def _quiet_libraries() -> None:
-    from plexa.quiet import quiet_libraries
-
-    quiet_libraries()
-
-
 def _fail(message: str, code: int) -> typer.Exit:
     _console().print(f"[red]error:[/red] {message}", soft_wrap=True)
     return typer.Exit(code)
@@ -92,7 +86,9 @@ def run(
 ) -> None:
     """Train, test, track and export a pipeline."""
     spec = _load(pipeline, overrides)
-    _quiet_libraries()
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
     from plexa import orchestrator
     from plexa.export import ExportError
     from plexa.plugins import PluginError
@@ -184,7 +180,9 @@ def runs(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Recent plexa runs with their main metrics."""
-    _quiet_libraries()
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
     from rich.table import Table
 
     from plexa.tracking import recent_runs
@@ -202,7 +200,9 @@ def export(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Export a run's best checkpoint to ONNX again, check parity, log and register it."""
-    _quiet_libraries()
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
     from plexa import orchestrator
     from plexa.config import ConfigError
     from plexa.export import ExportError

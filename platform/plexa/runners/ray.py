@@ -39,13 +39,13 @@ def _ray() -> Any:
     return ray
 
 
-def connect(compute: ComputeSpec) -> str:
+def connect(compute: ComputeSpec) -> bool:
     """Join `compute.address` (or RAY_ADDRESS); with neither, start Ray in this process sized
-    to the machine. Returns a description for the logs."""
+    to the machine. True when it started Ray here, so the caller shuts it down."""
     ray = _ray()
     address = compute.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return "the Ray this process already joined"
+        return False
     if address:
         try:
             ray.init(address=address, logging_level="WARNING")
@@ -57,9 +57,9 @@ def connect(compute: ComputeSpec) -> str:
                 "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named "
                 "by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)."
             ) from exc
-        return f"Ray cluster at {address}"
+        return False
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    return f"embedded Ray ({os.cpu_count()} CPUs)"
+    return True
 
 
 def run(
@@ -83,7 +83,7 @@ def run(
     from plexa.runners.local import Trained
 
     c = spec.compute
-    embedded = connect(c).startswith("embedded")
+    embedded = connect(c)
     config = {
         "spec": spec.model_dump(mode="json"),
         "run_id": run_id,
