@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint bench ui clean
+.PHONY: setup system demo test lint bench ui clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +13,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Debian packages for the integration tests (Chromium, PostgreSQL, docker-compose).
+system:
+	scripts/system-deps
+
 demo: setup
 	$(BIN)/plexa run pipelines/digits-cnn.yaml
 
 lint: setup
 	$(BIN)/ruff check .
 
-test: lint
+test: lint system
 	$(BIN)/python -m pytest
 
 bench: setup
