@@ -105,6 +105,110 @@ class ExportSpec(_Strict):
     opset: int | None = Field(None, ge=17)
 
 
+# --------------------------------------------------------------------------- federated
+
+
+class PartitionSpec(_Strict):
+    """How the core splits the training set over clients, for any data plugin."""
+
+    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = Field(0.5, gt=0)  # dirichlet: smaller is more skewed by label
+    labels_per_client: int = Field(2, ge=1)  # shards: k labels per client
+
+
+class PrivacySpec(_Strict):
+    """Central differential privacy with fixed clipping of each client's update."""
+
+    noise_multiplier: float = Field(ge=0)
+    clipping_norm: float = Field(gt=0)
+
+
+class FederatedSpec(_Strict):
+    """Flower rounds instead of one training run (`plexa federate`, or `plexa run`)."""
+
+    clients: int = Field(10, ge=1)
+    rounds: int = Field(5, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)  # of the clients, sampled each round
+    local_epochs: int = Field(1, ge=1)
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0)  # fedprox
+    server_lr: float = Field(0.01, gt=0)  # fedadam, fedyogi: the server optimiser's rate
+    byzantine: int = Field(0, ge=0)  # krum: malicious clients to tolerate
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    privacy: PrivacySpec | None = None
+    seed: int | None = None  # default: train.seed
+    round_timeout: float = Field(300.0, gt=0)  # seconds to wait for a round's replies
+    cpus_per_client: float = Field(1.0, gt=0)  # simulation: Ray resources per client
+    gpus_per_client: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederatedSpec:
+        sampled = max(1, round(self.fraction * self.clients))
+        if self.strategy == "krum" and sampled <= 2 * self.byzantine + 2:
+            raise ValueError(
+                f"krum needs more than 2 * byzantine + 2 = {2 * self.byzantine + 2} clients per "
+                f"round; fraction * clients gives {sampled}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class SweepResources(_Strict):
+    """What one trial reserves on the Ray cluster (or the embedded Ray)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepSpec(_Strict):
+    """Architecture (and training hyperparameter) search on Ray Tune; see plexa.runners.sweep.
+
+    `space` maps a dotted pipeline path (`model.params.channels`, `train.optimizer.lr`) to a
+    plain-data domain (the format is in plexa.plugins.Architecture.search_space); it is merged
+    over the architecture's own `search_space()` unless `default_space` is false, and a path set
+    to null is taken out of the search. `objectives` weighs the metric, `latency_ms` (ONNX
+    Runtime, batch 1, median) and `params` into one score, `objective`, that Tune follows.
+    """
+
+    trials: int = Field(8, ge=1)
+    search: Literal["random", "optuna", "evolution"] = "random"
+    scheduler: Literal["none", "asha", "pbt"] = "none"
+    space: dict[str, Any] = Field(default_factory=dict)
+    default_space: bool = True
+    concurrency: int = Field(1, ge=1)
+    resources: SweepResources = Field(default_factory=SweepResources)
+    time_budget_s: float | None = Field(None, gt=0)
+    metric: str | None = None  # default: val/acc for classification, else val/loss
+    mode: Literal["max", "min"] | None = None  # default: max for */acc and */r2, else min
+    objectives: dict[str, float] = Field(default_factory=dict)
+    grace_period: int = Field(1, ge=1)  # asha: epochs every trial gets before it can be stopped
+    reduction_factor: int = Field(2, ge=2)  # asha: keep 1 in this many at each rung
+    perturbation_interval: int = Field(2, ge=1)  # pbt: epochs between exploit/explore steps
+    population: int = Field(8, ge=2)  # evolution: trials kept in the aging population
+    tournament: int = Field(3, ge=1)  # evolution: members sampled to pick each parent
+    latency_runs: int = Field(50, ge=1)  # timed ONNX Runtime calls per trial (median)
+    seed: int | None = None  # default: train.seed
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.scheduler == "pbt" and self.search != "random":
+            raise ValueError("scheduler pbt mutates a population itself; use search: random")
+        if self.tournament > self.population:
+            raise ValueError("tournament must not exceed population")
+        if self.metric is not None and not self.metric.startswith(("val/", "train/")):
+            raise ValueError(f"metric must be a val/* or train/* metric, not '{self.metric}'")
+        for key, weight in self.objectives.items():
+            if key not in ("latency_ms", "params") and not key.startswith(("val/", "train/")):
+                raise ValueError(
+                    f"objectives: '{key}' is not a metric; use val/*, train/*, latency_ms, params"
+                )
+            if weight == 0:
+                raise ValueError(f"objectives: the weight of '{key}' is 0")
+        return self
+
+
 class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: PluginRef
@@ -113,6 +217,8 @@ class PipelineSpec(_Strict):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    federated: FederatedSpec | None = None  # Flower rounds; see plexa.runners.federated
+    sweep: SweepSpec | None = None  # Ray Tune search; see plexa.runners.sweep
 
     def data_config(self) -> PluginConfig:
         return datasets.get(self.data.plugin).Config(**self.data.params)
@@ -238,15 +344,33 @@ def validate(
     arch_cls, arch_cfg = _check_plugin(architectures, raw.get("model"), "model", problems, context)
     if data_cls is not None and data_cfg is not None and arch_cls is not None:
         task = data_cls().task(data_cfg)
-        if task not in arch_cls.tasks:
-            supported = ", ".join(sorted(arch_cls.tasks))
+        # some settings narrow what a plugin can do (a transformer with full attention sees
+        # the future, so it cannot be a language model)
+        tasks = arch_cls().supported_tasks(arch_cfg) if arch_cfg is not None else arch_cls.tasks
+        if task not in tasks:
+            supported = ", ".join(sorted(tasks))
+            how = "" if tasks == arch_cls.tasks else " with these params"
             problems.append(
                 (
                     "model.plugin",
-                    f"architecture '{arch_cls.name}' does not support the {task} task of data "
-                    f"'{data_cls.name}' (it supports: {supported})",
+                    f"architecture '{arch_cls.name}'{how} does not support the {task} task of "
+                    f"data '{data_cls.name}' (it supports: {supported})",
                 )
             )
+    fed = raw.get("federated")
+    if isinstance(fed, Mapping) and data_cls is not None and data_cfg is not None:
+        part = fed.get("partition")
+        scheme = part.get("scheme", "iid") if isinstance(part, Mapping) else "iid"
+        task = data_cls().task(data_cfg)
+        if scheme in ("dirichlet", "shards") and task != "classification":
+            problems.append(
+                (
+                    "federated.partition.scheme",
+                    f"'{scheme}' partitions by label and needs a classification task; data "
+                    f"'{data_cls.name}' is {task} (use iid)",
+                )
+            )
+    problems += _sweep_problems(raw, spec, arch_cls, arch_cfg)
     if problems:
         raise ConfigError(problems, source)
     assert spec is not None and data_cfg is not None and arch_cfg is not None
@@ -254,6 +378,25 @@ def validate(
     spec.data.params = data_cfg.model_dump(mode="json")
     spec.model.params = arch_cfg.model_dump(mode="json")
     return spec
+
+
+def _sweep_problems(
+    raw: Mapping[str, Any],
+    spec: PipelineSpec | None,
+    arch_cls: type | None,
+    arch_cfg: PluginConfig | None,
+) -> list[tuple[str, str]]:
+    """A `sweep:` excludes `federated:`, and its space must be one the plugin accepts."""
+    if raw.get("sweep") is None:
+        return []
+    problems = []
+    if raw.get("federated") is not None:
+        problems.append(("sweep", "a pipeline has at most one of federated: and sweep:"))
+    if spec is not None and spec.sweep is not None and arch_cls is not None and arch_cfg:
+        from plexa.sweep.space import space_problems
+
+        problems += space_problems(spec, arch_cls)
+    return problems
 
 
 def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> PipelineSpec:

@@ -48,6 +48,12 @@ def run(
     callbacks: Sequence[L.Callback] = (),
 ) -> RunResult:
     """Train, test, track and export one pipeline. `resume` is an MLflow run id."""
+    if spec.federated is not None:  # Flower rounds, simulated; `plexa federate` also deploys
+        if resume:
+            raise ResumeError("a federated run cannot be resumed; start it again")
+        from plexa.runners import federated
+
+        return federated.run(spec)
     started = time.perf_counter()
     on_ray = spec.compute.runner == "ray"
     # Ray workers build their own copies; the driver builds its model after training, off the
@@ -121,7 +127,9 @@ def run(
             exported = export_onnx(
                 arch.export_module(net), spec, data, run_dir / "export", tracker.run_id
             )
-            exported = log_onnx(exported, spec, data.spec)
+            exported = tracker.guarded(
+                "the ONNX model", lambda: log_onnx(exported, spec, data.spec)
+            )
 
     return RunResult(
         pipeline=spec.name,
@@ -227,9 +235,7 @@ def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
 
 
 def _log_setup(tracker: Tracker, module: Any, data: DataSplits, run_dir: Path) -> None:
-    import mlflow
-
-    mlflow.log_params(
+    tracker.log_params(
         {
             "model.parameters": sum(p.numel() for p in module.parameters()),
             "data.train_size": len(data.train),

@@ -56,3 +56,23 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequenc
                 color = "white" if matrix[i, j] > limit else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
     return fig
+
+
+def partition(counts: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
+    """Federated partition: stacked bars of label counts per client (rows of `counts`)."""
+    import numpy as np
+
+    matrix = np.asarray(counts)
+    clients = np.arange(len(matrix))
+    fig = _figure(max(4.0, 0.35 * len(matrix) + 2.0), 3.4)
+    ax = fig.subplots()
+    bottom = np.zeros(len(matrix))
+    for k, name in enumerate(class_names):
+        ax.bar(clients, matrix[:, k], bottom=bottom, label=name, width=0.8)
+        bottom += matrix[:, k]
+    ax.set_xlabel("client (partition id)")
+    ax.set_ylabel("training samples")
+    ax.set_title("label counts per client")
+    if len(class_names) <= 20:
+        ax.legend(fontsize=7, ncols=2, title="label", loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
