@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from plexa.loaders import DeviceBatches
+from plexa.loaders import Chunk, DeviceBatches
 
 
 def batches(n: int = 103, **kwargs) -> DeviceBatches:
@@ -50,3 +50,20 @@ def test_ddp_shards_are_disjoint_and_equal_for_training() -> None:
 def test_limit_batches_caps_an_epoch() -> None:
     loader = batches(shuffle=True, limit_batches=3)
     assert len(loader) == 3 and len(seen(loader)) == 30
+
+
+def test_a_chunk_survives_ddp_moving_it_to_a_gpu() -> None:
+    """DistributedDataParallel with device_ids (GPU DDP, Ray Train on GPUs) moves a step's
+    inputs itself and rebuilds lists on the way: a Chunk arrives as a plain list of pairs."""
+    from torch.distributed.utils import _recursive_to
+
+    from plexa.tasks import _batches
+
+    chunk = Chunk([(torch.zeros(3, 2), torch.zeros(3)), (torch.ones(3, 2), torch.ones(3))])
+    (moved, _), *_ = _recursive_to((chunk, 0), torch.device("cpu"), False)
+    assert type(moved) is list  # what DDP hands training_step
+    batches = _batches(moved)
+    assert len(batches) == 2
+    assert torch.equal(batches[1][0], torch.ones(3, 2))
+    plain = (torch.zeros(3, 2), torch.zeros(3))
+    assert _batches(plain) == [plain]

@@ -73,6 +73,7 @@ def test_one_mlflow_run_with_rank_zero_epochs_and_worker_throughput(ray_run) -> 
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["plexa.runner"] == "ray"
+    assert run.data.tags["plexa.device"] == "cpu"  # no GPU asked for
     assert [s for s, _ in history(result.run_id, "val/acc")] == [0, 1, 2]  # once per epoch
     for rank in (0, 1):
         assert run.data.metrics[f"worker_{rank}/samples_per_second"] > 0
@@ -133,3 +134,6 @@ def test_one_gpu_worker_trains_an_epoch(workdir: Path) -> None:
     result = orchestrator.run(spec)
     assert result.metrics["test/acc"] > 0.5
     assert result.export.max_abs_diff <= 1e-4
+    # the worker's Lightning trainer ran on the GPU Ray gave it
+    tags = mlflow.MlflowClient().get_run(result.run_id).data.tags
+    assert tags["plexa.device"].startswith("cuda"), tags

@@ -16,7 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,9 +161,13 @@ def _worker(config: dict[str, Any]) -> None:
             resume_from = Path(tempfile.mkdtemp(prefix="plexa-resume-")) / "last.ckpt"
             shutil.copy2(Path(folder) / "last.ckpt", resume_from)
 
-    sinks = []
-    if rank == 0:
-        sinks = _rank_zero_sinks(config["run_id"], config["tracking_uri"], resume_from)
+    sinks, tag = (
+        _rank_zero_sinks(config["run_id"], config["tracking_uri"], resume_from)
+        if rank == 0
+        else ([], None)
+    )
+
+    tagged: list[bool] = []
 
     def hand_to_ray(trainer: L.Trainer) -> None:
         """Every rank reports; rank zero's checkpoints go to the run's storage.
@@ -178,6 +182,9 @@ def _worker(config: dict[str, Any]) -> None:
         metrics["epoch"] = trainer.current_epoch
         checkpoint = None
         if rank == 0:
+            if tag is not None and not tagged:  # where training ran: what `gpus_per_worker` reached
+                tag({"plexa.device": str(trainer.strategy.root_device)})
+                tagged.append(True)
             snapshot = Path(tempfile.mkdtemp(prefix="plexa-checkpoint-"))
             for saved in (run_dir / "checkpoints").glob("*.ckpt"):
                 shutil.copy2(saved, snapshot / saved.name)
@@ -211,9 +218,11 @@ def _worker(config: dict[str, Any]) -> None:
     ray.train.report(trained.metrics, checkpoint=final)
 
 
-def _rank_zero_sinks(run_id: str, uri: str, resume_from: Path | None) -> list:
+def _rank_zero_sinks(
+    run_id: str, uri: str, resume_from: Path | None
+) -> tuple[list, Callable[[dict[str, str]], None]]:
     """MLflow and console sinks that log each epoch once, even when Ray restarts the group
-    from a checkpoint older than the last epoch logged.
+    from a checkpoint older than the last epoch logged, and a function that tags the run.
 
     The MLflow client is set up in a thread, while the worker loads data and builds its model:
     it is needed only when the first epoch ends.
@@ -244,7 +253,10 @@ def _rank_zero_sinks(run_id: str, uri: str, resume_from: Path | None) -> list:
             tracker.epoch_sink(epoch, metrics)
             _print_epoch(epoch, metrics)
 
-    return [once]
+    def tag(tags: dict[str, str]) -> None:
+        ready.result()[0].set_tags(tags)
+
+    return [once], tag
 
 
 def _print_epoch(epoch: int, metrics: dict[str, float]) -> None:
