@@ -177,20 +177,97 @@ class RegressionTask(TaskModule):
         }
 
 
+# ------------------------------------------------------------------ sequence tasks
+
+
+class ForecastTask(RegressionTask):
+    """`sequence`: forecasting. Inputs are windows (N, T, C); targets (N, H) are the next H
+    values of channel 0 in the input's units, so the naive forecast (the window's last value
+    of channel 0, held over the horizon) is scored on the same batches: `mse_vs_naive` is the
+    network's mean squared error over the naive one's (below 1 beats it)."""
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        loss = super()._step(batch, stage)
+        x, y = batch
+        with torch.no_grad():
+            last = x.reshape(len(x), x.shape[1], -1)[:, -1, :1]  # (N, 1), broadcast over H
+            naive = ((last - y.reshape(len(y), -1)) ** 2).sum()
+            self._sums[stage].setdefault("naive_sse", []).append(naive)
+        return loss
+
+    def epoch_metrics(self, s: dict[str, float]) -> dict[str, float]:
+        out = super().epoch_metrics(s)
+        naive = s["naive_sse"] / s["values"]
+        ratio = out["loss"] / naive if naive > 0 else float("inf")
+        return {**out, "mse": out["loss"], "naive_mse": naive, "mse_vs_naive": ratio}
+
+
+class LanguageModelTask(TaskModule):
+    """`language-model`: next-token prediction. Inputs (N, T) are token ids, targets (N, T) the
+    ids one position later, outputs (N, T, vocab) logits. `perplexity` is exp of the mean
+    per-token cross-entropy; the unigram baseline (token frequencies of the training split,
+    add-one smoothed) is scored on the same tokens as `unigram_perplexity`, and
+    `perplexity_vs_unigram` is the ratio of the two."""
+
+    monitor = ("val/loss", "min")
+
+    def __init__(self, net: nn.Module, train: TrainSpec) -> None:
+        super().__init__(net, train)
+        self._unigram: torch.Tensor | None = None  # log-probabilities; follows the data
+
+    def setup(self, stage: str) -> None:
+        data = getattr(getattr(self.trainer, "datamodule", None), "data", None)
+        if data is not None and self._unigram is None:
+            ids = torch.as_tensor(data.train.y).reshape(-1)
+            counts = torch.bincount(ids, minlength=data.spec.output_size).double() + 1
+            self._unigram = (counts / counts.sum()).log()
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.flatten(0, -2), y.reshape(-1))
+
+    def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict:
+        n = y.numel()
+        sums = {"loss": loss.detach() * n, "correct": (out.argmax(-1) == y).sum(), "n": n}
+        if self._unigram is not None:
+            self._unigram = self._unigram.to(y.device)
+            sums["unigram_nll"] = -self._unigram[y].sum()
+        return sums
+
+    def epoch_metrics(self, s: dict[str, float]) -> dict[str, float]:
+        loss = s["loss"] / s["n"]
+        out = {"loss": loss, "acc": s["correct"] / s["n"], "perplexity": math.exp(loss)}
+        if "unigram_nll" in s:
+            unigram = math.exp(s["unigram_nll"] / s["n"])
+            out["unigram_perplexity"] = unigram
+            out["perplexity_vs_unigram"] = out["perplexity"] / unigram
+        return out
+
+
 def _batches(batch: Any) -> list:
-    """A chunk of batches, or one plain batch from an ordinary loader."""
-    return batch if isinstance(batch, Chunk) else [batch]
+    """A chunk of batches, or one plain batch from an ordinary loader.
+
+    A chunk arrives as a plain list of (x, y) pairs where DDP moved it to a GPU itself
+    (DistributedDataParallel's forward rebuilds lists), so its type alone does not tell.
+    """
+    chunked = isinstance(batch, Chunk) or (
+        isinstance(batch, list) and len(batch) > 0 and isinstance(batch[0], (tuple, list))
+    )
+    return batch if chunked else [batch]
 
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
     "classification": ClassificationTask,
     "regression": RegressionTask,
+    "sequence": ForecastTask,
+    "language-model": LanguageModelTask,
 }
 
 
 def wrap(net: nn.Module | L.LightningModule, task: str, train: TrainSpec) -> L.LightningModule:
     """A plugin's LightningModule is used as is; a plain module gets its task's wrapper."""
     if isinstance(net, L.LightningModule):
+        if hasattr(net, "train_spec"):  # one that builds its own optimisers from `train`
+            net.train_spec = train
         return net
     if task not in TASK_MODULES:
         raise ValueError(
