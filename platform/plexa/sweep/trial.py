@@ -1,0 +1,197 @@
+"""One Tune trial: the pipeline with a sampled point, trained in this process by plexa's own
+`fit_and_test`, tracked as a nested MLflow run under the sweep's run.
+
+Every epoch but the last is reported to Tune as it ends, so a scheduler can stop the trial; the
+last epoch goes out with the test metrics, the ONNX Runtime latency and the parameter count in
+one final report, since a scheduler stops a trial when it reaches the epoch limit. A trial
+stopped by the scheduler sees SystemExit from `tune.report` and is marked KILLED (tagged
+early-stopped); any other error marks it FAILED and fails only this trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+TRIAL_TAG = "plexa.sweep.trial"
+PARENT_TAG = "mlflow.parentRunId"
+EARLY_STOPPED_TAG = "plexa.sweep.early_stopped"
+
+
+def objective(weights: dict[str, float], values: dict[str, float]) -> float | None:
+    """The weighted sum that `objectives` asks for; None while a term is not measured yet."""
+    if not weights or any(k not in values for k in weights):
+        return None
+    return sum(w * float(values[k]) for k, w in weights.items())
+
+
+def find_or_create_run(client: Any, setup: dict[str, Any], trial_id: str, reuse: bool) -> str:
+    """The trial's nested run: the existing one when Tune restores the trial from a
+    checkpoint (PBT, resume), else a new one (an earlier unfinished attempt stays KILLED)."""
+    parent = client.get_run(setup["parent_run_id"])
+    if reuse:
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+            f"tags.`{PARENT_TAG}` = '{setup['parent_run_id']}'",
+            max_results=1,
+        )
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"trial-{trial_id}",
+        tags={PARENT_TAG: setup["parent_run_id"], TRIAL_TAG: trial_id},
+    )
+    return run.info.run_id
+
+
+class NewHyperparameters(L.Callback):
+    """After PBT restores a trial from another trial's checkpoint, the optimiser state in it
+    carries the donor's hyperparameters; this puts the trial's own ones in place."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.spec = optimizer
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                base = group.get("initial_lr", group["lr"]) or 1.0
+                group["lr"] = self.spec.lr * group["lr"] / base
+                group["initial_lr"] = self.spec.lr
+                group["weight_decay"] = self.spec.weight_decay
+                if "momentum" in group:
+                    group["momentum"] = self.spec.momentum
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [self.spec.lr] * len(config.scheduler.base_lrs)
+
+
+def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
+    """The Tune trainable. `setup` is what the driver fixed for the whole sweep."""
+    import mlflow
+    from ray import tune
+
+    from plexa.config import PipelineSpec
+    from plexa.export import export_onnx
+    from plexa.orchestrator import assemble
+    from plexa.plugins import architectures, datasets
+    from plexa.quiet import quiet_libraries
+    from plexa.runners.local import fit_and_test
+    from plexa.sweep import space
+    from plexa.sweep.latency import onnx_latency_ms, parameter_count
+    from plexa.tracking import Tracker
+
+    quiet_libraries()
+    if Path(setup["cwd"]).is_dir():
+        os.chdir(setup["cwd"])  # Tune starts a trial in its own folder; paths are the driver's
+    for registry, cls in zip((architectures, datasets), setup["plugins"], strict=True):
+        if cls.name not in registry.names():
+            registry.register(cls.name, cls)
+    trial_id = tune.get_context().get_trial_id()
+    restored = tune.get_checkpoint()
+    uri = setup["uri"]
+    client = mlflow.MlflowClient(uri)
+    run_id = find_or_create_run(client, setup, trial_id, reuse=restored is not None)
+    tracker = Tracker(run_id, uri, synchronous=True)
+    weights: dict[str, float] = setup["objectives"]
+    metric = setup["metric"]
+    finished = False
+    try:
+        values = space.decode(setup["space"], config)
+        if restored is None:
+            client.log_batch(
+                run_id,
+                params=[
+                    mlflow.entities.Param(k, json.dumps(v) if isinstance(v, list) else str(v))
+                    for k, v in values.items()
+                ],
+            )
+        spec = space.apply(PipelineSpec.model_validate(setup["spec"]), values)
+        arch, data, net, module = assemble(spec)
+        trial_dir = Path(setup["run_dir"]) / "trials" / trial_id
+        cost: dict[str, float] = {"params": float(parameter_count(net))}
+        sample = data.test.x[:1].astype(data.spec.input_dtype)
+        if setup["latency_early"]:  # an objective needs it from the first report on
+            first = export_onnx(arch.export_module(net), spec, data, trial_dir / "initial")
+            cost["latency_ms"] = onnx_latency_ms(first.path, sample, setup["latency_runs"])
+        tracker.log_metrics(cost)
+
+        resume_from = None
+        if restored is not None:
+            with restored.as_directory() as folder:
+                resume_from = Path(tempfile.mkdtemp(prefix="plexa-trial-")) / "last.ckpt"
+                shutil.copy2(Path(folder) / "last.ckpt", resume_from)
+        held: dict[str, float] = {}
+        max_epochs = spec.train.max_epochs
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            loss = metrics.get("train/loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(f"train/loss is {loss} at epoch {epoch + 1}")
+            tracker.log_metrics(metrics, step=epoch)
+            out = {**metrics, **cost, "epochs": epoch + 1}
+            score = objective(weights, out)
+            if score is not None:
+                out["objective"] = score
+            held.clear()
+            held.update(out)
+            if epoch + 1 < max_epochs:
+                checkpoint = None
+                if setup["checkpoints"]:
+                    snapshot = Path(tempfile.mkdtemp(prefix="plexa-trial-ckpt-"))
+                    shutil.copy2(trial_dir / "checkpoints" / "last.ckpt", snapshot / "last.ckpt")
+                    checkpoint = tune.Checkpoint.from_directory(str(snapshot))
+                tune.report(out, checkpoint=checkpoint)
+
+        use_gpu = setup["gpu"] > 0
+        trained = fit_and_test(
+            spec,
+            data,
+            module,
+            trial_dir,
+            monitor=getattr(module, "monitor", ("val/loss", "min")),
+            sinks=[report],
+            callbacks=[NewHyperparameters(spec.train.optimizer)] if resume_from else [],
+            resume_from=resume_from,
+            accelerator="gpu" if use_gpu else "cpu",
+            devices=1,
+        )
+        exported = export_onnx(arch.export_module(net), spec, data, trial_dir / "export", run_id)
+        cost["latency_ms"] = onnx_latency_ms(exported.path, sample, setup["latency_runs"])
+        final = {**held, **trained.metrics, **cost}
+        final["export/parity_max_abs_diff"] = exported.max_abs_diff
+        score = objective(weights, final)
+        if score is not None:
+            final["objective"] = score
+        tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("test/", "best_"))})
+        tracker.log_metrics(
+            {k: final[k] for k in ("latency_ms", "params", "export/parity_max_abs_diff")}
+        )
+        if score is not None:
+            tracker.log_metrics({"objective": score})
+        client.log_artifact(run_id, str(exported.path), "onnx")
+        if trained.best_checkpoint is not None:
+            tracker.set_tags({"plexa.checkpoint": str(trained.best_checkpoint)})
+        client.set_terminated(run_id, "FINISHED")
+        finished = True
+        if metric not in final:
+            raise KeyError(f"the sweep metric {metric} was never logged by this trial")
+        tune.report({**final, "finished": 1})
+    except SystemExit:  # Tune stops the trial (scheduler) or the sweep (Ctrl-C)
+        if not finished:
+            client.set_tag(run_id, EARLY_STOPPED_TAG, "true")
+            client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        if not finished:
+            client.set_tag(run_id, "plexa.error", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_terminated(run_id, "FAILED")
+        raise
