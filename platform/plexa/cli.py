@@ -381,6 +381,68 @@ def logs(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+@app.command()
+def federate(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            "--deploy",
+            help="Run a SuperLink and one SuperNode per client as real processes on "
+            "127.0.0.1 instead of Flower's simulation engine.",
+        ),
+    ] = False,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="An override such as federated.rounds=3 (repeatable)."),
+    ] = None,
+) -> None:
+    """Train a pipeline in federated Flower rounds; its `federated:` section (or the
+    defaults) says how many clients, rounds, which strategy and partitioning."""
+    spec = _load(pipeline, [*(overrides or []), *(sets or [])])
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
+    from plexa.config import FederatedSpec
+    from plexa.export import ExportError
+    from plexa.federated.partition import PartitionError
+    from plexa.runners import federated
+
+    console = _console()
+    if spec.federated is None:
+        spec.federated = FederatedSpec()
+        console.print("[yellow]note:[/yellow] no federated: section; using the defaults")
+    fed = spec.federated
+    mode = "SuperLink + SuperNode processes" if deploy else "simulation"
+    console.print(
+        f"[bold]plexa[/bold] federating [cyan]{spec.name}[/cyan]: {spec.model.plugin} on "
+        f"{spec.data.plugin}, {fed.clients} clients ({fed.partition.scheme}), {fed.rounds} "
+        f"rounds of {fed.strategy}, {mode}"
+    )
+
+    def round_line(server_round: int, metrics: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("server/"))
+        clients = ""
+        if "clients/sampled" in metrics:
+            clients = (
+                f"  clients {metrics['clients/replied']:.0f}/{metrics['clients/sampled']:.0f}"
+                f" ({metrics['clients/failed']:.0f} failed)  {metrics['round_seconds']:.2f}s"
+            )
+        console.print(f"round {server_round:>3}/{fed.rounds}  {shown}{clients}", markup=False)
+
+    try:
+        result = federated.run(spec, deploy=deploy, sinks=[round_line])
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except PartitionError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    except (ExportError, RuntimeError) as exc:
+        raise _fail(str(exc), 1) from None
+    _summary(console, pipeline, result)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,195 @@
+"""Deployment mode: a real SuperLink and N SuperNodes as separate processes on 127.0.0.1,
+started and stopped by plexa, and the Flower app submitted to them with `flwr run`.
+
+Each SuperNode gets `partition-id` and `num-partitions` in its node config, so it trains the
+same partition the simulation would give it. The transport is `--insecure` (no TLS): fine on
+loopback, where nothing leaves the machine; a deployment across hosts needs certificates.
+Every process is started in its own session and torn down in `finally`, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+from plexa.federated.apps import GLOBAL_STATE, JOB_KEY
+
+HOST = "127.0.0.1"
+FEDERATION = "plexa-local"
+BIN = Path(sys.executable).parent
+
+
+class DeployError(RuntimeError):
+    """A Flower process failed to start, or the run did not complete."""
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeployError(f"{proc.args[0]} exited with {proc.returncode}; see {log}")
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeployError(f"{proc.args[0]} did not listen on {HOST}:{port} in {timeout:.0f}s")
+
+
+def write_app(app_dir: Path, job_path: Path) -> Path:
+    """A Flower app folder whose components are plexa's apps (plexa is installed, so the
+    bundle carries only its pyproject.toml); the job file is its run config."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(
+        f"""[project]
+name = "plexa-federated"
+version = "1.0.0"
+description = "A plexa pipeline trained in Flower rounds"
+license = "Apache-2.0"
+
+[tool.flwr.app]
+publisher = "plexa"
+
+[tool.flwr.app.components]
+serverapp = "plexa.federated.apps:serverapp"
+clientapp = "plexa.federated.apps:clientapp"
+
+[tool.flwr.app.config]
+{JOB_KEY} = {json.dumps(str(job_path))}
+"""
+    )
+    return app_dir
+
+
+def _flower_home(home: Path, port: int) -> Path:
+    """FLWR_HOME with one SuperLink connection, the loopback one this run started."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f"""[superlink]
+default = "{FEDERATION}"
+
+[superlink.{FEDERATION}]
+address = "{HOST}:{port}"
+insecure = true
+"""
+    )
+    return home
+
+
+class Processes:
+    """Popen'd Flower processes, each in its own session; `stop` ends them and their
+    children (a SuperLink's ServerApp, a SuperNode's ClientApp)."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen, Path]:
+        log = self.logs / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                cwd=self.logs,
+            )
+        self.procs.append(proc)
+        return proc, log
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # children the parent left behind
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the session this process leads: only ours
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(job_path: Path, clients: int, workdir: Path, round_timeout: float) -> None:
+    """Start a SuperLink and `clients` SuperNodes, run the app to completion, stop them all."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(_flower_home(workdir / "flwr-home", port)),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    app_dir = write_app(workdir / "app", job_path)
+    procs = Processes(workdir, env)
+    with ExitStack() as stack:
+        stack.callback(procs.stop)
+        link, link_log = procs.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        _wait_port(port, link, link_log)
+        for i in range(clients):
+            procs.start(
+                f"supernode-{i}",
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"{HOST}:{port}",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"partition-id={i} num-partitions={clients}",
+                ],
+            )
+        done = subprocess.run(
+            [str(BIN / "flwr"), "run", str(app_dir), FEDERATION, "--stream"],
+            env=env,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=round_timeout * 10 + 120,
+            check=False,
+        )
+        (workdir / "flwr-run.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise DeployError(
+                f"flwr run exited with {done.returncode}: {done.stderr.strip()[-800:]}"
+            )
+        final = Path(json.loads(job_path.read_text())["run_dir"]) / GLOBAL_STATE
+        if not final.exists():
+            raise DeployError(
+                f"the Flower run ended without a global model; logs in {workdir}:\n"
+                + done.stdout[-1500:]
+            )
