@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split
 
@@ -9,9 +11,12 @@ from plexa.splits import SplitConfig, split
 class Digits(DataPlugin):
     class Config(SplitConfig):
         flatten: bool = False  # (64,) vectors instead of (1, 8, 8) images
+        # generative: the same images for an image generator (gan, vae, diffusion) to learn;
+        # labels stay with them, for scoring
+        task: Literal["classification", "generative"] = "classification"
 
     def task(self, config: Config) -> str:
-        return "classification"
+        return config.task
 
     def load(self, config: Config, seed: int) -> DataSplits:
         import numpy as np
@@ -26,7 +31,7 @@ class Digits(DataPlugin):
             x, y, config.val_fraction, config.test_fraction, config.seed_for_split(seed), True
         )
         spec = DataSpec(
-            task="classification",
+            task=config.task,
             input_shape=shape,
             num_classes=10,
             class_names=tuple(str(i) for i in range(10)),
