@@ -443,6 +443,92 @@ def federate(
     _summary(console, pipeline, result)
 
 
+# --------------------------------------------------------------------------- generate
+
+
+def _export_file(target: str, tracking_uri: str | None) -> Path:
+    """An ONNX file, a folder holding model.onnx, or a run id whose export is on this machine."""
+    from plexa.tracking import RunNotFoundError, get_run
+
+    path = Path(target)
+    if path.is_dir() and (path / "model.onnx").is_file():
+        return path / "model.onnx"
+    if path.is_file():
+        return path
+    if path.suffix == ".onnx":
+        raise _fail(f"no ONNX file at {path}", EXIT_INVALID)
+    try:
+        run = get_run(target, tracking_uri)
+    except RunNotFoundError as exc:
+        raise _fail(f"{target} is neither an ONNX file nor a run: {exc}", EXIT_INVALID) from None
+    run_dir = run.data.tags.get("plexa.run_dir")
+    exported = Path(run_dir) / "export" / "model.onnx" if run_dir else None
+    if exported is None or not exported.is_file():
+        raise _fail(
+            f"run {target} has no ONNX export on this machine (looked in {exported}); "
+            f"make one with: plexa export {target}",
+            EXIT_INVALID,
+        )
+    return exported
+
+
+@app.command()
+def generate(
+    target: Annotated[
+        str, typer.Argument(help="An ONNX export (file or folder) or a run id.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image generators: PNG grid.")] = Path(
+        "samples.png"
+    ),
+    n: Annotated[int, typer.Option("--n", min=1, help="Image generators: samples.")] = 64,
+    prompt: Annotated[str, typer.Option("--prompt", help="Language models: the start.")] = "",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Language models: length.")
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, help="Language models: sampling temperature.")
+    ] = 1.0,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=0, help="Language models: the k likeliest only; 0: all.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """New samples from an export: a PNG grid (gan, vae, diffusion) or text (language models)."""
+    import json
+
+    import onnx
+
+    path = _export_file(target, tracking_uri)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise _fail(f"{path} is not a readable ONNX file: {exc}", EXIT_INVALID) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    task = props.get("task")
+    console = _console()
+    if task == "generative":
+        from plexa import imagegen
+
+        try:
+            written = imagegen.generate(path, out, n, seed)
+        except imagegen.GenerateError as exc:
+            raise _fail(str(exc), EXIT_INVALID) from None
+        kind = json.loads(props["generative"])["kind"]
+        console.print(f"{n} samples from {kind} export {path} -> {written}", markup=False)
+    elif task == "language-model":
+        from plexa import textgen
+
+        text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
+        console.print(text, markup=False, highlight=False)
+    else:
+        raise _fail(
+            f"{path} is a {task or 'non-plexa'} export; plexa generate needs a generative "
+            "(gan, vae, diffusion) or language-model export",
+            EXIT_INVALID,
+        )
+
+
 def main() -> None:
     app()
 

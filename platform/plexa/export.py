@@ -102,21 +102,26 @@ def export_onnx(
     if stale.exists():
         stale.unlink()
 
-    x = _held_out(data, spec.export.parity_samples)
+    inputs = _parity_inputs(net, data, spec.export.parity_samples)
+    x = next(iter(inputs.values()))
     module = _export_copy(net, x.dtype)
     # a batch of at least 2: torch.export specialises a dimension whose example size is 0 or 1
-    example = torch.from_numpy(x[:2] if len(x) >= 2 else np.repeat(x[:1], 2, axis=0))
+    examples = tuple(
+        torch.from_numpy(v[:2] if len(v) >= 2 else np.repeat(v[:1], 2, axis=0))
+        for v in inputs.values()
+    )
 
     with _quiet():
         try:
             program = torch.onnx.export(
                 module,
-                (example,),
+                examples,
                 None,  # saved below, after the metadata is added, as one file
                 dynamo=True,
-                input_names=[INPUT_NAME],
+                input_names=list(inputs),
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: "batch"},),  # named axis -> Dim.DYNAMIC, kept as "batch"
+                # named axis -> Dim.DYNAMIC, kept as "batch"
+                dynamic_shapes=tuple({0: "batch"} for _ in inputs),
                 opset_version=spec.export.opset,
                 verbose=False,
                 report=False,
@@ -129,7 +134,7 @@ def export_onnx(
     assert program is not None  # dynamo=True always returns the program
 
     with torch.no_grad():
-        reference = module(torch.from_numpy(x))
+        reference = module(*(torch.from_numpy(v) for v in inputs.values()))
     if not isinstance(reference, torch.Tensor):
         raise ExportError(
             f"pipeline '{spec.name}': the exported module must return one tensor, "
@@ -141,11 +146,12 @@ def export_onnx(
     _strip_debug_info(model)
     output_shape: list[int | str] = ["batch", *reference_np.shape[1:]]
     _describe(model, spec, data.spec, x, output_shape, run_id)
+    _describe_generator(model, net, inputs)
     onnx.save_model(model, str(path), save_as_external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     _check_batch_axis(path, spec.name)
 
-    diff = _parity(path, x, reference_np)
+    diff = _parity(path, inputs, reference_np)
     tolerance = spec.export.parity_tolerance
     if not diff <= tolerance:  # also catches NaN
         where = f"pipeline '{spec.name}'" + (f", run {run_id}" if run_id else "")
@@ -290,18 +296,48 @@ def _check_batch_axis(path: Path, pipeline: str) -> None:
         )
 
 
-def _parity(path: Path, x: np.ndarray, reference: np.ndarray) -> float:
+def _parity(path: Path, x: np.ndarray | dict[str, np.ndarray], reference: np.ndarray) -> float:
     """Max abs diff of ONNX Runtime vs PyTorch: the whole chunk, then single rows."""
     import onnxruntime as ort
 
+    feeds = x if isinstance(x, dict) else {INPUT_NAME: x}
+    rows = len(next(iter(feeds.values())))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    worst = _max_abs_diff(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], reference)
-    for i in range(min(_SINGLE_ROWS, len(x))):
-        row = session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + 1]})[0]
+    worst = _max_abs_diff(session.run([OUTPUT_NAME], feeds)[0], reference)
+    for i in range(min(_SINGLE_ROWS, rows)):
+        row = session.run([OUTPUT_NAME], {k: v[i : i + 1] for k, v in feeds.items()})[0]
         worst = max(worst, _max_abs_diff(row, reference[i : i + 1]))
     return worst
+
+
+def _parity_inputs(net: nn.Module, data: DataSplits, samples: int) -> dict[str, np.ndarray]:
+    """Held-out data, or what a generator says it takes (`onnx_inputs`: a latent; noisy
+    images and timesteps), in input order."""
+    declared = getattr(net, "onnx_inputs", None)
+    if callable(declared):
+        return dict(declared(samples))
+    return {INPUT_NAME: _held_out(data, samples)}
+
+
+def _describe_generator(
+    model: onnx.ModelProto, net: nn.Module, inputs: dict[str, np.ndarray]
+) -> None:
+    """A generator's own metadata (`generative`: kind, latent and image shapes, schedule), and
+    every input when there is more than one; `plexa generate` reads them."""
+    extra = getattr(net, "onnx_metadata", None)
+    props = {"generative": json.dumps(extra())} if callable(extra) else {}
+    if len(inputs) > 1:
+        props["inputs"] = json.dumps(
+            [
+                {"name": k, "shape": ["batch", *v.shape[1:]], "dtype": v.dtype.name}
+                for k, v in inputs.items()
+            ]
+        )
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -353,6 +389,12 @@ def log_onnx(result: ExportResult, spec: PipelineSpec, data_spec: DataSpec) -> E
     )
     # zeros in normalised space are the training means: a typical, valid sample
     example = np.zeros((1, *data_spec.input_shape), dtype=inputs[0].type)
+    if data_spec.task == "generative":  # a generator's inputs are latents (or noise and steps)
+        example = {  # type: ignore[assignment]
+            t.name: np.zeros((1, *t.shape[1:]), dtype=t.type) for t in inputs if t.name
+        }
+        if len(example) == 1:
+            example = next(iter(example.values()))
 
     mlflow.log_metric(PARITY_METRIC, result.max_abs_diff)
     # the model lists CUDA then CPU providers (used where the loader has them); mlflow warns on
