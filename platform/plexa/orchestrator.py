@@ -3,6 +3,7 @@ export. Thin assembly; each step lives in the module its name says."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -69,10 +70,56 @@ def run(
         local.run(spec, data, module, run_dir, monitor=_monitor(module), callbacks=callbacks)
         return RunResult(spec.name, None, "FINISHED", model=module)
 
-    from plexa import tracking
-
     if resume:
         _check_resume(spec, resume)
+    owns_ray = _start_ray(spec) if on_ray else False
+    try:
+        return _tracked_run(spec, resume, sinks, callbacks, built, started, owns_ray)
+    finally:
+        if owns_ray:
+            from plexa.runners import ray
+
+            ray.shutdown()  # if the run failed before the Ray runner could
+
+
+def _start_ray(spec: PipelineSpec) -> bool:
+    """Start (or join) Ray while a thread warms the tracking store; True if Ray started here.
+
+    A fresh MLflow store migrates its schema, seconds of Python, while `ray.init` mostly waits
+    for its processes to come up: done side by side, the store costs the run's start-up
+    nothing. The store's client is cached per URI, so the run opens it warm.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plexa.runners import ray
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(_warm_store, spec.tracking.uri)
+        return ray.connect(spec.compute)
+
+
+def _warm_store(uri: str | None) -> None:
+    import mlflow
+
+    from plexa.tracking import resolve_uri
+
+    with contextlib.suppress(Exception):  # opening the run reports a real problem with it
+        mlflow.MlflowClient(resolve_uri(uri)).search_experiments(max_results=1)
+
+
+def _tracked_run(
+    spec: PipelineSpec,
+    resume: str | None,
+    sinks: Sequence[EpochSink],
+    callbacks: Sequence[L.Callback],
+    built: Any,
+    started: float,
+    owns_ray: bool,
+) -> RunResult:
+    """One pipeline's MLflow run: train on the chosen runner, then test, log and export."""
+    from plexa import tracking
+
+    on_ray = spec.compute.runner == "ray"
     with tracking.open_run(spec, resume) as tracker:
         run_dir = runs_root() / tracker.run_id
         os.environ[RUN_DIR_ENV] = str(run_dir)
@@ -88,6 +135,7 @@ def run(
                     tracking_uri=tracker.uri,
                     callbacks=callbacks,
                     resume_from=resume_from,
+                    owns_ray=owns_ray,
                 )
                 built = assemble(spec)
                 _load(built[3], trained.best_checkpoint or trained.last_checkpoint)

@@ -62,6 +62,13 @@ def connect(compute: ComputeSpec) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Stop the Ray this process started, if it is still up."""
+    ray = _ray()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def run(
     spec: PipelineSpec,
     run_dir: Path,
@@ -70,11 +77,13 @@ def run(
     tracking_uri: str,
     callbacks: Sequence[L.Callback] = (),
     resume_from: Path | None = None,
+    owns_ray: bool | None = None,
 ) -> Trained:
     """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`.
 
     Returns the test metrics and the best and last checkpoints, copied to `run_dir`; the
-    caller builds its own model from them (`module` is None)."""
+    caller builds its own model from them (`module` is None). `owns_ray`: the caller already
+    connected, and started Ray itself (True) or not; None: connect here."""
     ray = _ray()
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -83,7 +92,7 @@ def run(
     from plexa.runners.local import Trained
 
     c = spec.compute
-    embedded = connect(c)
+    embedded = connect(c) if owns_ray is None else owns_ray
     config = {
         "spec": spec.model_dump(mode="json"),
         "run_id": run_id,
