@@ -529,6 +529,268 @@ def generate(
         )
 
 
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="What to serve: FILE.onnx, models:/NAME/VERSION, models:/NAME@ALIAS or a run "
+            "id; NAME=TARGET picks the name in URLs.",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Interface; keep 127.0.0.1 unless you set a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="PLEXA_SERVE_TOKEN",
+            help="Bearer token every request but health checks and the page must send; "
+            "default PLEXA_SERVE_TOKEN (prefer it: a command line is visible in `ps`).",
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Most rows merged into one ONNX Runtime call.")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a request waits for others to join it.")
+    ] = 2.0,
+    no_batching: Annotated[
+        bool, typer.Option("--no-batching", help="Run each request on its own.")
+    ] = False,
+    max_body: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
+    ] = 4 * 1024 * 1024,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run as a Ray Serve deployment (embedded Ray).")
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas (with --ray).")] = 1,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page."""
+    from plexa.serving import ServeError, ServeOptions, TargetError
+    from plexa.serving import serve as run_server
+
+    if replicas > 1 and not ray:
+        raise _fail("--replicas needs --ray", EXIT_INVALID)
+    options = ServeOptions(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        batching=not no_batching,
+        token=token or None,
+        max_body_bytes=max_body,
+    )
+    where = f"http://{host}:{port}"
+    _console().print(f"[bold]plexa serve[/bold] on {where} (page: {where}/, Ctrl-C stops it)")
+    try:
+        run_server(targets, host, port, options, ray=ray, replicas=replicas,
+                   tracking_uri=tracking_uri)
+    except TargetError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    except ServeError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _export_file(target: str, tracking_uri: str | None) -> Path:
+    """An ONNX file, a folder holding model.onnx, or a run id whose export is on this machine."""
+    from plexa.tracking import RunNotFoundError, get_run
+
+    path = Path(target)
+    if path.is_dir() and (path / "model.onnx").is_file():
+        return path / "model.onnx"
+    if path.is_file():
+        return path
+    if path.suffix == ".onnx":
+        raise _fail(f"no ONNX file at {path}", EXIT_INVALID)
+    try:
+        run = get_run(target, tracking_uri)
+    except RunNotFoundError as exc:
+        raise _fail(f"{target} is neither an ONNX file nor a run: {exc}", EXIT_INVALID) from None
+    run_dir = run.data.tags.get("plexa.run_dir")
+    exported = Path(run_dir) / "export" / "model.onnx" if run_dir else None
+    if exported is None or not exported.is_file():
+        raise _fail(
+            f"run {target} has no ONNX export on this machine (looked in {exported}); "
+            f"make one with: plexa export {target}",
+            EXIT_INVALID,
+        )
+    return exported
+
+
+@app.command()
+def generate(
+    target: Annotated[
+        str, typer.Argument(help="An ONNX export (file or folder) or a run id.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image generators: PNG grid.")] = Path(
+        "samples.png"
+    ),
+    n: Annotated[int, typer.Option("--n", min=1, help="Image generators: samples.")] = 64,
+    prompt: Annotated[str, typer.Option("--prompt", help="Language models: the start.")] = "",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Language models: length.")
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, help="Language models: sampling temperature.")
+    ] = 1.0,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=0, help="Language models: the k likeliest only; 0: all.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """New samples from an export: a PNG grid (gan, vae, diffusion) or text (language models)."""
+    import json
+
+    import onnx
+
+    path = _export_file(target, tracking_uri)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise _fail(f"{path} is not a readable ONNX file: {exc}", EXIT_INVALID) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    task = props.get("task")
+    console = _console()
+    if task == "generative":
+        from plexa import imagegen
+
+        try:
+            written = imagegen.generate(path, out, n, seed)
+        except imagegen.GenerateError as exc:
+            raise _fail(str(exc), EXIT_INVALID) from None
+        kind = json.loads(props["generative"])["kind"]
+        console.print(f"{n} samples from {kind} export {path} -> {written}", markup=False)
+    elif task == "language-model":
+        from plexa import textgen
+
+        text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
+        console.print(text, markup=False, highlight=False)
+    else:
+        raise _fail(
+            f"{path} is a {task or 'non-plexa'} export; plexa generate needs a generative "
+            "(gan, vae, diffusion) or language-model export",
+            EXIT_INVALID,
+        )
+
+
+@app.command()
+def federate(
+    pipeline: Pipeline,
+    overrides: Overrides = None,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            "--deploy",
+            help="Run a SuperLink and one SuperNode per client as real processes on "
+            "127.0.0.1 instead of Flower's simulation engine.",
+        ),
+    ] = False,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="An override such as federated.rounds=3 (repeatable)."),
+    ] = None,
+) -> None:
+    """Train a pipeline in federated Flower rounds; its `federated:` section (or the
+    defaults) says how many clients, rounds, which strategy and partitioning."""
+    spec = _load(pipeline, [*(overrides or []), *(sets or [])])
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
+    from plexa.config import FederatedSpec
+    from plexa.export import ExportError
+    from plexa.federated.partition import PartitionError
+    from plexa.runners import federated
+
+    console = _console()
+    if spec.federated is None:
+        spec.federated = FederatedSpec()
+        console.print("[yellow]note:[/yellow] no federated: section; using the defaults")
+    fed = spec.federated
+    mode = "SuperLink + SuperNode processes" if deploy else "simulation"
+    console.print(
+        f"[bold]plexa[/bold] federating [cyan]{spec.name}[/cyan]: {spec.model.plugin} on "
+        f"{spec.data.plugin}, {fed.clients} clients ({fed.partition.scheme}), {fed.rounds} "
+        f"rounds of {fed.strategy}, {mode}"
+    )
+
+    def round_line(server_round: int, metrics: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("server/"))
+        clients = ""
+        if "clients/sampled" in metrics:
+            clients = (
+                f"  clients {metrics['clients/replied']:.0f}/{metrics['clients/sampled']:.0f}"
+                f" ({metrics['clients/failed']:.0f} failed)  {metrics['round_seconds']:.2f}s"
+            )
+        console.print(f"round {server_round:>3}/{fed.rounds}  {shown}{clients}", markup=False)
+
+    try:
+        result = federated.run(spec, deploy=deploy, sinks=[round_line])
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except PartitionError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    except (ExportError, RuntimeError) as exc:
+        raise _fail(str(exc), 1) from None
+    _summary(console, pipeline, result)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+@app.command()
+def sync(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The offline store runs failed over to; default PLEXA_RUNS_DIR/offline/mlflow.db.",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="The MLflow server; default the one each run failed over from.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Copy runs that failed over to the local store (server unreachable) to the server."""
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
+    from plexa.tracking_failover import SyncError
+    from plexa.tracking_failover import sync as sync_runs
+
+    console = _console()
+    try:
+        synced = sync_runs(source, target)
+    except SyncError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    for run in synced:
+        registered = f", registered {' '.join(run.registered)}" if run.registered else ""
+        console.print(
+            f"synced {run.offline_run_id} -> run {run.run_id} on {run.uri}{registered}",
+            markup=False,
+        )
+    if not synced:
+        console.print("nothing to sync: every offline run is already on its server")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,122 @@
+"""Dynamic batching: requests that arrive together share one ONNX Runtime call.
+
+A request waits at most `max_wait` for others; rows are stacked up to `max_batch`, run once,
+and each caller gets back exactly its own rows. One batch runs at a time per model while the
+next one gathers, so under load the batch grows and the per-call overhead is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from plexa.serving.model import ServedModel
+
+Feeds = dict[str, "np.ndarray"]
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds
+    rows: int
+    future: asyncio.Future[list[np.ndarray]] = field(repr=False)
+
+
+class Batcher:
+    """Queue + one worker task per model; `submit` returns that request's outputs."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        max_batch: int = 32,
+        max_wait: float = 0.002,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_wait < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait >= 0")
+        self.model, self.max_batch, self.max_wait = model, max_batch, max_wait
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._carry: _Pending | None = None  # a request that did not fit the last batch
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, feeds: Feeds, rows: int) -> list[np.ndarray]:
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("the batcher is not running")
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(feeds, rows, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish what is queued, then end the worker (graceful shutdown)."""
+        while not self._queue.empty() or self._carry is not None:
+            await asyncio.sleep(0.005)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._gather()
+            await self._run(batch)
+
+    async def _gather(self) -> list[_Pending]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, rows = [first], first.rows
+        deadline = time.monotonic() + self.max_wait
+        while rows < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), left)
+                except TimeoutError:
+                    break
+            if rows + item.rows > self.max_batch:
+                self._carry = item  # first in the next batch: order is kept
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        import numpy as np
+
+        live = [p for p in batch if not p.future.done()]  # a cancelled caller is skipped
+        if not live:
+            return
+        names = list(live[0].feeds)
+        if len(live) == 1:
+            feeds = live[0].feeds
+        else:
+            feeds = {n: np.concatenate([p.feeds[n] for p in live]) for n in names}
+        rows = sum(p.rows for p in live)
+        try:
+            outputs = await asyncio.to_thread(self.model.run, feeds)
+        except Exception as exc:  # delivered to every caller of this batch
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(rows)
+        start = 0
+        for p in live:
+            if not p.future.done():
+                p.future.set_result([o[start : start + p.rows] for o in outputs])
+            start += p.rows

@@ -1,0 +1,386 @@
+"""Open Inference Protocol v2 (KServe / Triton REST): parse and check requests, build responses.
+
+Every check raises `BadRequest` with a status and a message naming the field that is wrong, so
+no malformed request reaches ONNX Runtime. Both encodings are understood: tensors as JSON
+`data`, and Triton's binary tensor extension (`Inference-Header-Content-Length` header,
+`binary_data_size` per input), which `tritonclient.http` uses by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from plexa.serving.model import DATATYPES, ServedModel, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+HEADER_LENGTH = "inference-header-content-length"
+MAX_ROWS = 4096  # rows in one request; the body limit bounds bytes, this bounds work
+_NUMPY = {v: k for k, v in DATATYPES.items()}
+
+
+class BadRequest(ValueError):
+    """A request the server refuses, with the HTTP status to answer (4xx)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class InferRequest:
+    """A checked request: one array per model input, all with the same number of rows."""
+
+    id: str | None
+    feeds: dict[str, np.ndarray]
+    rows: int
+    outputs: list[tuple[str, bool]]  # (output name, as binary)
+
+
+def _reject_constant(token: str) -> Any:
+    raise BadRequest(f"malformed JSON: {token} is not a JSON number")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (no NaN/Infinity tokens); malformed text is a 400 naming line and column."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("malformed JSON: the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise BadRequest(f"malformed JSON: {exc.msg} ({where})") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON part and the binary tensors that follow it (binary tensor extension)."""
+    if header_length is None:
+        return body, b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise BadRequest(
+            f"Inference-Header-Content-Length is not a number: {header_length!r}"
+        ) from None
+    if not 0 <= n <= len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length {n} is outside the body ({len(body)} bytes)"
+        )
+    return body[:n], body[n:]
+
+
+def parse_infer(body: bytes, header_length: str | None, model: ServedModel) -> InferRequest:
+    """Check a v2 infer request against the model's inputs and outputs."""
+    head, binary = split_binary(body, header_length)
+    request = parse_json(head)
+    if not isinstance(request, dict):
+        raise BadRequest(f"the request must be a JSON object, not {_kind(request)}")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"id: must be a string, not {_kind(request_id)}")
+    params = _parameters(request.get("parameters"), "parameters")
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise BadRequest("parameters.binary_data_output: must be true or false")
+
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        what = "is missing" if raw_inputs is None else "must be a non-empty list"
+        if raw_inputs is not None and not isinstance(raw_inputs, list):
+            what += f", not {_kind(raw_inputs)}"
+        raise BadRequest(f"inputs: {what}")
+    expected = {t.name: t for t in model.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}: must be an object, not {_kind(item)}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"{where}.name: missing or not a string")
+        if name not in expected:
+            raise BadRequest(
+                f"{where}.name: model '{model.name}' has no input '{name}' "
+                f"(inputs: {', '.join(expected)})"
+            )
+        if name in feeds:
+            raise BadRequest(f"{where}.name: input '{name}' is given twice")
+        array, offset = _tensor(item, where, expected[name], binary, offset)
+        feeds[name] = array
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the last tensor")
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise BadRequest(f"inputs: missing input(s) {', '.join(missing)} of model '{model.name}'")
+    rows = {len(a) for a in feeds.values()}
+    if len(rows) > 1:
+        raise BadRequest(f"inputs: all inputs need the same batch size, got {sorted(rows)}")
+    return InferRequest(request_id, feeds, rows.pop(), _outputs(request, model, binary_default))
+
+
+def _tensor(
+    item: dict[str, Any], where: str, info: TensorInfo, binary: bytes, offset: int
+) -> tuple[np.ndarray, int]:
+    import numpy as np
+
+    datatype = item.get("datatype")
+    if not isinstance(datatype, str):
+        raise BadRequest(f"{where}.datatype: missing or not a string")
+    if datatype != info.datatype:
+        raise BadRequest(
+            f"{where}.datatype: input '{info.name}' takes {info.datatype}, not {datatype!r}"
+        )
+    shape = _shape(item.get("shape"), where, info)
+    count = math.prod(shape)
+    params = _parameters(item.get("parameters"), f"{where}.parameters")
+    size = params.get("binary_data_size")
+    dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"{where}.parameters.binary_data_size: must be a whole number")
+        if "data" in item:
+            raise BadRequest(f"{where}: has both data and binary_data_size")
+        if size != count * dtype.itemsize:
+            raise BadRequest(
+                f"{where}.parameters.binary_data_size: {size} bytes, but shape {shape} of "
+                f"{datatype} needs {count * dtype.itemsize}"
+            )
+        if offset + size > len(binary):
+            raise BadRequest(f"{where}: the binary data ends before this tensor's {size} bytes")
+        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
+        array = array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+        offset += size
+    else:
+        if "data" not in item:
+            raise BadRequest(f"{where}.data: missing (and no binary_data_size parameter)")
+        array = _from_json(item["data"], where, info, shape, count)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadRequest(f"{where}.data: input '{info.name}' contains NaN or infinity")
+    return array, offset
+
+
+def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise BadRequest(f"{where}.shape: must be a list of whole numbers")
+    want = ["batch" if d == -1 else d for d in info.shape]
+    if len(shape) != len(info.shape) or any(
+        d != w for d, w in zip(shape[1:], info.shape[1:], strict=True) if w != -1
+    ):
+        raise BadRequest(f"{where}.shape: input '{info.name}' takes {want}, not {shape}")
+    if any(d < 0 for d in shape) or shape[0] < 1:
+        raise BadRequest(f"{where}.shape: {shape} needs at least one row and no negative sizes")
+    if shape[0] > MAX_ROWS:
+        raise BadRequest(f"{where}.shape: {shape[0]} rows is more than {MAX_ROWS} per request")
+    return shape
+
+
+def _from_json(data: Any, where: str, info: TensorInfo, shape: list[int], count: int):
+    """JSON numbers (flat or nested, row-major) as an array of the input's dtype."""
+    import numpy as np
+
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}.data: must be a list of numbers, not {_kind(data)}")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"{where}.data: nested lists of unequal length or mixed types") from None
+    if array.dtype.kind not in "iuf" and not (array.dtype.kind == "b" and info.dtype == "bool"):
+        if array.size == 0 and count == 0:
+            array = array.astype(info.dtype)
+        else:
+            raise BadRequest(f"{where}.data: must hold only numbers (found {_elements(array)})")
+    if array.size != count:
+        raise BadRequest(f"{where}.data: {array.size} values, but shape {shape} needs {count}")
+    target = np.dtype(info.dtype)
+    if target.kind in "iu" and array.dtype.kind == "f":
+        raise BadRequest(f"{where}.data: {info.datatype} needs whole numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(target).reshape(shape)
+    if target.kind == "f" and not np.isfinite(converted).all() and np.isfinite(array).all():
+        raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
+    if target.kind in "iu" and not np.array_equal(converted, array.reshape(shape)):
+        raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
+    return converted
+
+
+def _elements(array: np.ndarray) -> str:
+    kind = array.dtype.kind
+    return {"U": "text", "S": "text", "b": "true/false", "O": "null or objects"}.get(kind, kind)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: must be an object, not {_kind(value)}")
+    return value
+
+
+def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
+    raw = request.get("outputs")
+    names = [t.name for t in model.outputs]
+    if raw is None:
+        return [(n, binary_default) for n in names]
+    if not isinstance(raw, list):
+        raise BadRequest(f"outputs: must be a list, not {_kind(raw)}")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest(f"outputs[{i}]: must be an object with a name")
+        if item["name"] not in names:
+            raise BadRequest(
+                f"outputs[{i}].name: model '{model.name}' has no output '{item['name']}' "
+                f"(outputs: {', '.join(names)})"
+            )
+        binary = _parameters(item.get("parameters"), f"outputs[{i}].parameters").get(
+            "binary_data", binary_default
+        )
+        if not isinstance(binary, bool):
+            raise BadRequest(f"outputs[{i}].parameters.binary_data: must be true or false")
+        out.append((item["name"], binary))
+    return out
+
+
+def infer_response(
+    model: ServedModel, request: InferRequest, results: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The v2 response body and extra headers (the JSON length when binary tensors follow)."""
+    import numpy as np
+
+    infos = {t.name: t for t in model.outputs}
+    outputs, blobs = [], []
+    for name, binary in request.outputs:
+        array = results[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPES.get(array.dtype.name, infos[name].datatype),
+            "shape": list(array.shape),
+        }
+        if binary:
+            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": outputs}
+    if request.id is not None:
+        body["id"] = request.id
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {}
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
+
+
+# --------------------------------------------------------------------------- plain JSON
+
+
+MAX_SAMPLES = 64
+
+
+def choose_model(request: dict[str, Any], models: dict[str, ServedModel]) -> ServedModel:
+    """`model` names one of the served models; it may be left out when there is only one."""
+    name = request.get("model")
+    if name is None:
+        if len(models) == 1:
+            return next(iter(models.values()))
+        raise BadRequest(f"model: missing; this server has several ({', '.join(models)})")
+    if not isinstance(name, str):
+        raise BadRequest(f"model: must be a string, not {_kind(name)}")
+    if name not in models:
+        raise BadRequest(f"model: unknown model '{name}' (serving: {', '.join(models)})", 404)
+    return models[name]
+
+
+def parse_predict(request: Any, models: dict[str, ServedModel]) -> tuple[ServedModel, np.ndarray]:
+    """`{"model": NAME, "inputs": one sample or a list of samples, "normalised": false}`:
+    raw values (as the data came, e.g. pixel intensities 0..16), normalised here unless
+    `normalised` is true. A sample may also be given flat."""
+    import numpy as np
+
+    if not isinstance(request, dict):
+        raise BadRequest(f"the request must be a JSON object, not {_kind(request)}")
+    model = choose_model(request, models)
+    if model.task == "generative":
+        raise BadRequest(f"model '{model.name}' is a generator: POST /sample instead")
+    if len(model.inputs) != 1:
+        raise BadRequest(f"model '{model.name}' has several inputs: use /v2/models/.../infer")
+    normalised = request.get("normalised", False)
+    if not isinstance(normalised, bool):
+        raise BadRequest("normalised: must be true or false")
+    info = model.inputs[0]
+    if "inputs" not in request:
+        raise BadRequest("inputs: missing (one sample, or a list of samples)")
+    data = request["inputs"]
+    if not isinstance(data, list) or not data:
+        raise BadRequest(f"inputs: must be a non-empty list of numbers, not {_kind(data)}")
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest("inputs: nested lists of unequal length or mixed types") from None
+    if raw.dtype.kind not in "iuf":
+        raise BadRequest(f"inputs: must hold only numbers (found {_elements(raw)})")
+    raw = raw.astype(np.float64)
+    if not np.isfinite(raw).all():
+        raise BadRequest("inputs: contains NaN or infinity")
+    sample = tuple(info.shape[1:])
+    size = math.prod(sample)
+    core = _squeezed(sample)
+    if raw.size == size and (_squeezed(raw.shape) == core or raw.ndim == 1):
+        raw = raw.reshape(1, *sample)
+    elif raw.ndim > 1 and (_squeezed(raw.shape[1:]) == core or raw.shape[1:] == (size,)):
+        raw = raw.reshape(len(raw), *sample)
+    else:
+        raise BadRequest(
+            f"inputs: shape {list(raw.shape)} is neither one sample {list(sample)} (or "
+            f"{size} values) nor a list of them"
+        )
+    if len(raw) > MAX_ROWS:
+        raise BadRequest(f"inputs: {len(raw)} samples is more than {MAX_ROWS} per request")
+    x = raw.astype(info.dtype) if normalised else model.normalise(raw)
+    if not np.isfinite(x).all():
+        raise BadRequest("inputs: a value is out of range once normalised")
+    return model, x
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def parse_sample(request: Any, models: dict[str, ServedModel]) -> tuple[ServedModel, int, int]:
+    """`{"model": NAME, "n": 16, "seed": 0}` for a generator; returns model, n and seed."""
+    import secrets
+
+    if not isinstance(request, dict):
+        raise BadRequest(f"the request must be a JSON object, not {_kind(request)}")
+    model = choose_model(request, models)
+    if model.latent_shape is None:
+        raise BadRequest(
+            f"model '{model.name}' is not a generator with one latent input "
+            f"(task: {model.task}): POST /predict instead"
+        )
+    n = request.get("n", 16)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
+        raise BadRequest(f"n: must be a whole number from 1 to {MAX_SAMPLES}")
+    seed = request.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise BadRequest("seed: must be a whole number from 0")
+    return model, n, seed
