@@ -54,6 +54,18 @@ def find_or_create_run(client: Any, setup: dict[str, Any], trial_id: str, reuse:
     return run.info.run_id
 
 
+def finished_run(client: Any, setup: dict[str, Any], trial_id: str) -> Any:
+    """This trial's nested run if it already finished: a resumed sweep never trains it again."""
+    parent = client.get_run(setup["parent_run_id"])
+    found = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+        f"tags.`{PARENT_TAG}` = '{setup['parent_run_id']}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
 class NewHyperparameters(L.Callback):
     """After PBT restores a trial from another trial's checkpoint, the optimiser state in it
     carries the donor's hyperparameters; this puts the trial's own ones in place."""
@@ -84,6 +96,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from plexa.orchestrator import assemble
     from plexa.plugins import architectures, datasets
     from plexa.quiet import quiet_libraries
+    from plexa.runners import RunInterrupted
     from plexa.runners.local import fit_and_test
     from plexa.sweep import space
     from plexa.sweep.latency import onnx_latency_ms, parameter_count
@@ -99,6 +112,10 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     restored = tune.get_checkpoint()
     uri = setup["uri"]
     client = mlflow.MlflowClient(uri)
+    done = finished_run(client, setup, trial_id)
+    if done is not None:  # finished just before an interruption, before Tune heard of it
+        tune.report({**done.data.metrics, "finished": 1})
+        return
     run_id = find_or_create_run(client, setup, trial_id, reuse=restored is not None)
     tracker = Tracker(run_id, uri, synchronous=True)
     weights: dict[str, float] = setup["objectives"]
@@ -173,7 +190,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             final["objective"] = score
         tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("test/", "best_"))})
         tracker.log_metrics(
-            {k: final[k] for k in ("latency_ms", "params", "export/parity_max_abs_diff")}
+            {k: final[k] for k in ("latency_ms", "params", "export/parity_max_abs_diff", "epochs")}
         )
         if score is not None:
             tracker.log_metrics({"objective": score})
@@ -185,11 +202,13 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         if metric not in final:
             raise KeyError(f"the sweep metric {metric} was never logged by this trial")
         tune.report({**final, "finished": 1})
-    except SystemExit:  # Tune stops the trial (scheduler) or the sweep (Ctrl-C)
+    except (SystemExit, RunInterrupted):
+        # Tune stops the trial (scheduler) or the sweep (Ctrl-C); Lightning turns the
+        # SystemExit Tune raises inside training into a graceful stop (RunInterrupted)
         if not finished:
             client.set_tag(run_id, EARLY_STOPPED_TAG, "true")
             client.set_terminated(run_id, "KILLED")
-        raise
+        raise SystemExit(0) from None
     except BaseException as exc:
         if not finished:
             client.set_tag(run_id, "plexa.error", f"{type(exc).__name__}: {exc}"[:5000])
