@@ -55,6 +55,12 @@ def run(
         from plexa.runners import federated
 
         return federated.run(spec)
+    if getattr(spec, "sweep", None) is not None:  # architecture search: a run per trial
+        from plexa.runners import sweep
+
+        if resume:
+            _check_resume(spec, resume)
+        return sweep.run(spec, resume=resume)
     started = time.perf_counter()
     on_ray = spec.compute.runner == "ray"
     # Ray workers build their own copies; the driver builds its model after training, off the
@@ -136,6 +142,7 @@ def _tracked_run(
                     callbacks=callbacks,
                     resume_from=resume_from,
                     owns_ray=owns_ray,
+                    sinks=[tracker.epoch_sink, *sinks],
                 )
                 built = assemble(spec)
                 _load(built[3], trained.best_checkpoint or trained.last_checkpoint)
