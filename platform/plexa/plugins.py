@@ -87,7 +87,26 @@ class Architecture(Plugin):
         raise NotImplementedError
 
     def search_space(self) -> dict[str, Any]:
-        """The default NAS space as plain data, e.g. {"dropout": {"uniform": [0, 0.5]}}."""
+        """The default architecture-search space as plain data (YAML-able, no Ray objects).
+
+        Keys are this plugin's `Config` fields; a pipeline's `sweep:` searches them as
+        `model.params.<key>`, and may narrow, widen or drop each one. A value is one of:
+
+        - `{"choice": [a, b, ...]}`: one of the values; values may be lists
+          (`{"choice": [[16, 32], [32, 64]]}` picks a whole channel list);
+        - `{"uniform": [low, high]}` or `{"loguniform": [low, high]}`: a float (log: low > 0);
+        - `{"randint": [low, high]}`: an integer, both ends included;
+        - a list of domains or constants, searched item by item (fixed depth, per-layer widths:
+          `[{"choice": [16, 32]}, {"choice": [32, 64]}]`);
+        - `{"each": DOMAIN, "length": [min, max]}`: a list of min..max items, each drawn from
+          DOMAIN (searched depth and per-layer widths);
+        - anything else is a constant.
+
+        Every choice and both ends of every range must pass this plugin's `Config`: validation
+        checks them and refuses the pipeline otherwise. Return {} when there is nothing to
+        search. Example: {"hidden": {"each": {"choice": [64, 128]}, "length": [1, 3]},
+        "dropout": {"uniform": [0.0, 0.5]}}. See plexa.sweep.space.
+        """
         return {}
 
     def export_module(self, model: Any) -> Any:
