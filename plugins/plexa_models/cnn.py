@@ -67,9 +67,11 @@ class CNN(Architecture):
         return nn.Sequential(*blocks)
 
     def search_space(self) -> dict[str, Any]:
+        """Depth 1 to 3 with a width per block, kernel, pooling, dropout and head width."""
         return {
-            "channels": {"choice": [[16, 32], [32, 64], [32, 64, 128]]},
+            "channels": {"each": {"choice": [16, 32, 64]}, "length": [1, 3]},
             "kernel_size": {"choice": [3, 5]},
+            "pooling": {"choice": ["max", "avg"]},
             "dropout": {"uniform": [0.0, 0.5]},
             "hidden": {"choice": [64, 128, 256]},
         }

@@ -37,8 +37,9 @@ class MLP(Architecture):
         return nn.Sequential(*layers)
 
     def search_space(self) -> dict[str, Any]:
+        """Depth 1 to 3 with a width per layer, activation, dropout and batch norm."""
         return {
-            "hidden": {"choice": [[64], [128, 64], [256, 128], [256, 128, 64]]},
+            "hidden": {"each": {"choice": [32, 64, 128, 256]}, "length": [1, 3]},
             "activation": {"choice": ["relu", "gelu", "tanh"]},
             "dropout": {"uniform": [0.0, 0.5]},
             "batch_norm": {"choice": [False, True]},
