@@ -38,6 +38,7 @@ PARITY_METRIC = "export/parity_max_abs_diff"
 _MEANING = {
     "classification": "logits over classes",
     "language-model": "next-token logits over the vocabulary",
+    "sequence": "forecast: the next values of the series (channel 0)",
     "generative": "generated samples",
 }
 _REGRESSION_MEANING = "regression targets (normalised)"

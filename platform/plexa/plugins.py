@@ -86,6 +86,10 @@ class Architecture(Plugin):
     def build(self, config: Any, data: DataSpec) -> Any:
         raise NotImplementedError
 
+    def supported_tasks(self, config: Any) -> frozenset[str]:
+        """The task kinds this configuration can do (validation refuses other pairings)."""
+        return self.tasks
+
     def search_space(self) -> dict[str, Any]:
         """The default architecture-search space as plain data (YAML-able, no Ray objects).
 

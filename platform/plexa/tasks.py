@@ -9,6 +9,7 @@ stepping the optimiser and the schedule itself after every batch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
