@@ -83,8 +83,16 @@ def to_record(module: torch.nn.Module) -> ArrayRecord:
 
 
 def load_record(module: torch.nn.Module, arrays: ArrayRecord) -> None:
+    """Load a global model; BatchNorm variances are clamped at zero, since central DP's noise
+    (added to every exchanged tensor) can push a small variance below it (post-processing:
+    the privacy guarantee is unchanged)."""
     state = {k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}
     module.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for sub in module.modules():
+            running_var = getattr(sub, "running_var", None)
+            if isinstance(running_var, torch.Tensor):
+                running_var.clamp_(min=0)
 
 
 def accelerator(spec: PipelineSpec) -> str:
