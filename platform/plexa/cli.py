@@ -600,6 +600,49 @@ def serve(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+# --------------------------------------------------------------------------- sync
+
+
+@app.command()
+def sync(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The offline store runs failed over to; default PLEXA_RUNS_DIR/offline/mlflow.db.",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="The MLflow server; default the one each run failed over from.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Copy runs that failed over to the local store (server unreachable) to the server."""
+    from plexa.quiet import quiet_libraries
+
+    quiet_libraries()
+    from plexa.tracking_failover import SyncError
+    from plexa.tracking_failover import sync as sync_runs
+
+    console = _console()
+    try:
+        synced = sync_runs(source, target)
+    except SyncError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    for run in synced:
+        registered = f", registered {' '.join(run.registered)}" if run.registered else ""
+        console.print(
+            f"synced {run.offline_run_id} -> run {run.run_id} on {run.uri}{registered}",
+            markup=False,
+        )
+    if not synced:
+        console.print("nothing to sync: every offline run is already on its server")
+
+
 def main() -> None:
     app()
 

@@ -128,6 +128,22 @@ class Tracker:
 
         mlflow.log_figure(figure, f"plots/{name}")
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        mlflow.log_params(dict(params))
+
+    def guarded(self, what: str, action: Any) -> Any:
+        """Run `action()`, which logs to the active run; a tracker for an MLflow server fails
+        over to a local store when the server fails (plexa.tracking_failover)."""
+        return action()
+
+    def close(self, status: str) -> None:
+        import mlflow
+
+        mlflow.flush_async_logging()
+        mlflow.end_run(status)
+
 
 def get_run(run_id: str, uri: str | None = None) -> Run:
     import mlflow
@@ -218,9 +234,14 @@ def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]
     if system:
         mlflow.set_system_metrics_sampling_interval(1)
         mlflow.set_system_metrics_samples_before_logging(1)
+    from plexa import tracking_failover
+
     if resume:
         get_run(resume, uri)
         run = mlflow.start_run(run_id=resume, log_system_metrics=system)
+        tracker = Tracker(run.info.run_id, uri)
+    elif tracking_failover.is_remote(uri):  # a server may fail: fail over to a local store
+        tracker = tracking_failover.open_remote(spec, uri, tags_for(spec), system)
     else:
         mlflow.set_experiment(spec.tracking.experiment or spec.name)
         run = mlflow.start_run(
@@ -228,7 +249,7 @@ def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]
         )
         mlflow.log_params(flatten(spec.model_dump(mode="json")))
         mlflow.log_text(spec.to_yaml(), PIPELINE_ARTIFACT)
-    tracker = Tracker(run.info.run_id, uri)
+        tracker = Tracker(run.info.run_id, uri)
     status = "FAILED"
     try:
         yield tracker
@@ -237,5 +258,4 @@ def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]
         status = "KILLED"
         raise
     finally:
-        mlflow.flush_async_logging()
-        mlflow.end_run(status)
+        tracker.close(status)

@@ -1,0 +1,219 @@
+"""plexa against a real MLflow tracking server, set up as deploy/compose runs it: PostgreSQL as
+its backend store, proxied artifact storage, basic auth; a pipeline logging over HTTP, and the
+server dying in the middle of a run.
+
+One PostgreSQL and one server for the module (starting them costs ~15 s on two cores); the
+failover test kills the server and starts it again on the same address and stores."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, PIPELINES, plexa
+from tests.mlflow_server import (
+    MlflowServer,
+    Postgres,
+    mlflow_server,
+    postgres,
+    postgres_bin,
+)
+from tests.test_deploy import readme_block
+
+pytestmark = pytest.mark.slow
+
+WINE = str(PIPELINES / "wine-mlp.yaml")
+TINY = ["train.limit_batches=2", "train.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[Postgres]:
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (scripts/system-deps installs it on Debian)")
+    with postgres() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def server(database: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(database.uri, folder, auth=True) as started:
+        yield started
+
+
+def _only_run(client, experiment: str):  # -> mlflow.entities.Run
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(found) == 1, [r.info.run_id for r in found]
+    return found[0]
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _predicts(uri: str, model_uri: str) -> None:
+    """The registered ONNX model loads from the server and computes class scores."""
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    scores = model.predict(np.zeros((2, 13), dtype=np.float32))
+    if isinstance(scores, dict):
+        scores = next(iter(scores.values()))
+    assert np.asarray(scores).shape == (2, 3)
+
+
+def test_a_pipeline_logs_everything_to_the_server(
+    server: MlflowServer, database: Postgres, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/README.md's commands (MLFLOW_TRACKING_URI and the basic-auth login, `plexa run`,
+    `plexa runs`) against the server: params, per-epoch metrics, artifacts (stored by the
+    server in its artifact folder), the ONNX model and its registered version, all read back
+    through MLflow's own client; the run itself is a row in PostgreSQL. Without credentials
+    the server refuses a client."""
+    import mlflow
+    import psycopg2
+    import requests
+    from mlflow.entities import LoggedModelStatus
+
+    refused = requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.status_code == 401
+
+    # the README's block, as written, but against this server and with a tiny training
+    script = readme_block("shared-server-run").replace("http://127.0.0.1:5000", server.url)
+    tiny = " ".join([*TINY, "train.max_epochs=2"])
+    script = re.sub(r"^(plexa run \S+)", rf"\1 {tiny}", script, flags=re.M)
+    (workdir / "pipelines").symlink_to(PIPELINES)
+    (workdir / "deploy" / "compose").mkdir(parents=True)
+    user, password = server.credentials or ("", "")
+    assert f"MLFLOW_TRACKING_USERNAME={user}" in script  # the README's login is the admin's
+    (workdir / "deploy" / "compose" / ".env").write_text(f"MLFLOW_ADMIN_PASSWORD={password}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "wine-mlp" in done.stdout and "FINISHED" in done.stdout  # `plexa runs` lists it
+    assert not (workdir / "mlflow.db").exists()  # nothing went to a local store
+
+    for key, value in server.client_env().items():  # this test's own client logs in too
+        monkeypatch.setenv(key, value)
+    client = mlflow.MlflowClient(server.url)
+    run = _only_run(client, "tabular")
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_epochs"] == "2"
+    assert run.data.params["model.plugin"] == "mlp"
+    assert int(run.data.params["data.train_size"]) > 100
+    assert run.data.tags["plexa.pipeline"] == "wine-mlp"
+    assert _steps(client, run_id, "val/loss") == [0, 1]
+    assert {"test/acc", "test/loss", "export/parity_max_abs_diff"} <= set(run.data.metrics)
+
+    listed = {a.path for a in client.list_artifacts(run_id)}
+    assert {"pipeline.yaml", "plots", "checkpoints"} <= listed
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plots
+    assert list(server.artifacts.rglob("best.ckpt"))  # proxied: the server stored the file
+
+    versions = client.search_model_versions("name = 'wine-mlp'")
+    assert [(str(v.version), v.run_id, v.status) for v in versions] == [("1", run_id, "READY")]
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    assert len(models) == 1 and models[0].status == LoggedModelStatus.READY
+    _predicts(server.url, "models:/wine-mlp/1")
+
+    connection = psycopg2.connect(database.uri.replace("+psycopg2", ""))
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,))
+        assert cursor.fetchall() == [("FINISHED",)]
+    finally:
+        connection.close()
+
+
+def test_a_server_that_dies_mid_run_loses_nothing(
+    server: MlflowServer,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's promise: the server is killed after the first epoch; training finishes,
+    the run goes on in the local offline store (complete: every epoch, the ONNX model, its
+    registered version), plexa prints the `plexa sync` command, and that exact command copies
+    it into the server's run once the server is back."""
+    import mlflow
+
+    import plexa as plexa_api
+    from plexa.tracking_failover import REMOTE_RUN_TAG, offline_uri
+
+    for key, value in server.client_env().items():
+        monkeypatch.setenv(key, value)
+    # fail over after one failed request instead of MLflow's default ~4 minutes of retries
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    spec = plexa_api.load_pipeline(
+        WINE,
+        [*TINY, "train.max_epochs=4", f"tracking.uri={server.url}",
+         "tracking.experiment=failover", "export.register_as=wine-failover"],
+    )  # fmt: skip
+
+    def kill_server_after_first_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 0:
+            server.stop()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="plexa.tracking"):
+            result = plexa_api.run(spec, sinks=[kill_server_after_first_epoch])
+    finally:
+        if not server.alive():  # the server comes back on its address, whatever happened
+            server.start()
+    assert result.status == "FINISHED" and result.export is not None
+    advice = [r.getMessage() for r in caplog.records if "plexa sync" in r.getMessage()]
+    assert len(advice) == 1, [r.getMessage() for r in caplog.records]
+    command = advice[0].split("Copy it to the server with: ")[1]
+    assert command == f"plexa sync --from {offline_uri()} --to {server.url}"
+
+    # nothing lost: the offline store holds the whole run, registered model included
+    offline = mlflow.MlflowClient(offline_uri())
+    local = _only_run(offline, "failover")
+    assert local.data.tags[REMOTE_RUN_TAG] == result.run_id
+    assert local.info.status == "FINISHED"
+    assert _steps(offline, local.info.run_id, "val/loss") == [0, 1, 2, 3]
+    assert local.data.params["train.max_epochs"] == "4"
+    versions = offline.search_model_versions("name = 'wine-failover'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+    # the printed command syncs the run into the server's run
+    client = mlflow.MlflowClient(server.url)
+    assert client.get_run(result.run_id).info.status == "RUNNING"  # as the crash left it
+    synced = plexa(*shlex.split(command)[1:], cwd=workdir)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert f"-> run {result.run_id} on {server.url}" in synced.stdout
+    assert "models:/wine-failover/1" in synced.stdout
+
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert _steps(client, result.run_id, "val/loss") == [0, 1, 2, 3]  # each epoch once
+    assert {"test/acc", "export/parity_max_abs_diff"} <= set(run.data.metrics)
+    assert run.data.params["data.train_size"] == local.data.params["data.train_size"]
+    paths = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
+    assert "checkpoints/best.ckpt" in paths
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert "plots/learning_curves.png" in plots
+    versions = client.search_model_versions("name = 'wine-failover'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", result.run_id)]
+    _predicts(server.url, "models:/wine-failover/1")
+
+    again = plexa(*shlex.split(command)[1:], cwd=workdir)
+    assert again.returncode == 0 and "nothing to sync" in again.stdout, again.stdout
