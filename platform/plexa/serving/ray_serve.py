@@ -56,7 +56,7 @@ def serve_on_ray(
     import ray
     from ray import serve
 
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+    ray.init(address="local", include_dashboard=False, log_to_driver=True)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(
