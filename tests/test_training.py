@@ -265,9 +265,16 @@ def test_an_export_that_breaks_parity_fails_the_run(workdir: Path) -> None:
     assert run.info.status == "FAILED"
 
 
+# a sweep's smoke run is two trials (tests/test_sweep.py covers sweeps in depth)
+SMOKE_OVERRIDES = {"digits-nas": ("sweep.trials=2", "sweep.latency_runs=5")}
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in PIPELINES.glob("*.yaml")))
 def test_shipped_pipeline_smoke(name: str, workdir: Path) -> None:
-    result = orchestrator.run(spec_of(name, "train.max_epochs=1", "train.limit_batches=3"))
+    extra = SMOKE_OVERRIDES.get(name, ())
+    result = orchestrator.run(
+        spec_of(name, "train.max_epochs=1", "train.limit_batches=3", *extra)
+    )
     assert result.status == "FINISHED"
     assert result.export.path.exists() and result.export.max_abs_diff <= 1e-4
     assert result.export.registered_version == "1"
