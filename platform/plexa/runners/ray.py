@@ -6,7 +6,8 @@ importing it, and torch and Lightning there would only delay the workers' start.
 
 Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own, a
 hook hands each saved checkpoint to Ray (so a restarted worker group resumes from it), and rank
-zero logs to the MLflow run the driver opened. Model and task code are untouched.
+zero announces each epoch to the driver, which logs it to its MLflow run (`epoch_relay`). Model
+and task code are untouched.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def run(
     callbacks: Sequence[L.Callback] = (),
     resume_from: Path | None = None,
     owns_ray: bool | None = None,
+    sinks: Sequence[Callable[[int, dict[str, float]], None]] = (),
 ) -> Trained:
     """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`.
 
     Returns the test metrics and the best and last checkpoints, copied to `run_dir`; the
     caller builds its own model from them (`module` is None). `owns_ray`: the caller already
-    connected, and started Ray itself (True) or not; None: connect here."""
+    connected, and started Ray itself (True) or not; None: connect here. `sinks` get each
+    epoch rank zero announces (the default prints it), here in the driver."""
     ray = _ray()
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -119,9 +122,12 @@ def run(
             Checkpoint.from_directory(str(resume_from.parent)) if resume_from else None
         ),
     )
+    from plexa.runners.epoch_relay import Relay
+
     previous = signal.getsignal(signal.SIGINT)
     try:
-        result = trainer.fit()
+        with Relay(run_id, tracking_uri, sinks or [_print_epoch]):
+            result = trainer.fit()
     finally:
         # Ray Train leaves its own Ctrl-C handler behind, aimed at a controller that is gone
         if threading.current_thread() is threading.main_thread():
@@ -170,13 +176,26 @@ def _worker(config: dict[str, Any]) -> None:
             resume_from = Path(tempfile.mkdtemp(prefix="plexa-resume-")) / "last.ckpt"
             shutil.copy2(Path(folder) / "last.ckpt", resume_from)
 
-    sinks, tag = (
-        _rank_zero_sinks(config["run_id"], config["tracking_uri"], resume_from)
-        if rank == 0
-        else ([], None)
-    )
+    sinks, callbacks = [], list(config["callbacks"])
+    if rank == 0:
+        import lightning as L
+        import torch
 
-    tagged: list[bool] = []
+        from plexa.runners.epoch_relay import publisher
+
+        announce, tag = publisher(config["run_id"])
+        sinks.append(announce)
+        if resume_from is not None:
+            epoch = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
+            tag({"plexa.ray.resumed_after_epoch": str(epoch)})
+
+        class DeviceTag(L.Callback):
+            """Where training ran: what `gpus_per_worker` reached."""
+
+            def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+                tag({"plexa.device": str(trainer.strategy.root_device)})
+
+        callbacks.append(DeviceTag())
 
     def hand_to_ray(trainer: L.Trainer) -> None:
         """Every rank reports; rank zero's checkpoints go to the run's storage.
@@ -191,9 +210,6 @@ def _worker(config: dict[str, Any]) -> None:
         metrics["epoch"] = trainer.current_epoch
         checkpoint = None
         if rank == 0:
-            if tag is not None and not tagged:  # where training ran: what `gpus_per_worker` reached
-                tag({"plexa.device": str(trainer.strategy.root_device)})
-                tagged.append(True)
             snapshot = Path(tempfile.mkdtemp(prefix="plexa-checkpoint-"))
             for saved in (run_dir / "checkpoints").glob("*.ckpt"):
                 shutil.copy2(saved, snapshot / saved.name)
@@ -214,7 +230,7 @@ def _worker(config: dict[str, Any]) -> None:
         run_dir,
         monitor=getattr(module, "monitor", ("val/loss", "min")),
         sinks=sinks,
-        callbacks=config["callbacks"],
+        callbacks=callbacks,
         resume_from=resume_from,
         after_save=[hand_to_ray],
         prepare=prepare_trainer,
@@ -225,47 +241,6 @@ def _worker(config: dict[str, Any]) -> None:
     )
     final = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoints")) if rank == 0 else None
     ray.train.report(trained.metrics, checkpoint=final)
-
-
-def _rank_zero_sinks(
-    run_id: str, uri: str, resume_from: Path | None
-) -> tuple[list, Callable[[dict[str, str]], None]]:
-    """MLflow and console sinks that log each epoch once, even when Ray restarts the group
-    from a checkpoint older than the last epoch logged, and a function that tags the run.
-
-    The MLflow client is set up in a thread, while the worker loads data and builds its model:
-    it is needed only when the first epoch ends.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def setup() -> tuple[Any, set[int]]:
-        import mlflow
-        import torch
-
-        from plexa.tracking import Tracker
-
-        mlflow.set_tracking_uri(uri)
-        tracker = Tracker(run_id, uri, synchronous=True)
-        history = mlflow.MlflowClient(uri).get_metric_history(run_id, "global_step")
-        if resume_from is not None:
-            epoch = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
-            tracker.set_tags({"plexa.ray.resumed_after_epoch": str(epoch)})
-        return tracker, {m.step for m in history}
-
-    pool = ThreadPoolExecutor(1)
-    ready = pool.submit(setup)
-    pool.shutdown(wait=False)  # the thread ends once setup() returns
-
-    def once(epoch: int, metrics: dict[str, float]) -> None:
-        tracker, logged = ready.result()
-        if epoch not in logged:
-            tracker.epoch_sink(epoch, metrics)
-            _print_epoch(epoch, metrics)
-
-    def tag(tags: dict[str, str]) -> None:
-        ready.result()[0].set_tags(tags)
-
-    return [once], tag
 
 
 def _print_epoch(epoch: int, metrics: dict[str, float]) -> None:
