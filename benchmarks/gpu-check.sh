@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the test suite, run on a lent GPU machine that has PyTorch and Lightning
-# but neither Ray nor MLflow: those travel as wheels in .whl/ (see README, "GPU checks").
+# but neither Ray nor MLflow: those travel as wheels in .whl/, made by benchmarks/gpu_wheels.py.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
