@@ -124,7 +124,9 @@ def bare_ray(
     trainer = TorchTrainer(
         _bare_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1.0}),
+        scaling_config=ScalingConfig(
+            num_workers=workers, resources_per_worker={"CPU": _cpus_per_worker(workers)}
+        ),
         run_config=RunConfig(name=f"bare-ray-{os.getpid()}", storage_path=str(Path.cwd())),
     )
     try:
@@ -223,6 +225,12 @@ def _bare_worker(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
+def _cpus_per_worker(workers: int) -> int:
+    """The machine's cores shared out, as Lightning's DDP launcher shares threads: the same
+    cores per process on both runners, so a comparison at one worker count is like for like."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _command(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> list[str]:
     if cfg.kind.startswith("bare"):
         script = str(Path(__file__).resolve())
@@ -233,6 +241,8 @@ def _command(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> l
                 "--pipeline", pipeline, *extra]  # fmt: skip
     plexa = str(Path(sys.executable).with_name("plexa"))
     fixed = ["export.onnx=false", f"train.max_epochs={epochs}"]
+    if "compute.runner=ray" in cfg.overrides:
+        fixed.append(f"compute.cpus_per_worker={_cpus_per_worker(cfg.workers)}")
     return [plexa, "run", pipeline, *fixed, *cfg.overrides, *overrides]
 
 
@@ -348,7 +358,7 @@ def _threads(row: Row, cores: int) -> str:
     if c.name.startswith("local"):
         # torch's default is one per core; Lightning's DDP sets cores // processes
         return str(max(1, cores // c.workers)) if c.workers > 1 else f"{cores} (torch default)"
-    return "1 (Ray: OMP_NUM_THREADS = cpus_per_worker)"
+    return f"{_cpus_per_worker(c.workers)} (Ray: OMP_NUM_THREADS = cpus_per_worker)"
 
 
 def _markdown(meta: dict[str, str], rows: dict[str, Row], goals: list[str], cores: int) -> str:
@@ -408,11 +418,11 @@ NOTES = (
     "its excess. `per-run load` is the 1-minute load average as each run started; it still "
     "carries the benchmark's own previous run, so read it against the other runs: a run that "
     "started well above them shared the cores with someone else's work.",
-    "Threads differ at 1 worker: the local runner leaves torch at one thread per core, a Ray "
-    "worker gets OMP_NUM_THREADS = compute.cpus_per_worker (1). At 2 workers every process has 1 "
-    "thread (Lightning's DDP launcher sets cores // processes). Two intra-op threads on a "
-    "2-core machine that other processes also use are fast when the machine is idle and very "
-    "slow (seconds per epoch) when it is not.",
+    "Every process gets the same share of the cores on both runners: the local runner's DDP "
+    "launcher sets cores // processes threads, and each Ray worker asks for "
+    "compute.cpus_per_worker = cores // workers (Ray sets OMP_NUM_THREADS to it); 1 process or "
+    "worker gets every core. Two intra-op threads on a 2-core machine that other processes also "
+    "use are fast when the machine is idle and very slow (seconds per epoch) when it is not.",
     "An epoch of digits-cnn is about 0.1 s (20 training steps of 64 samples, 5 validation "
     "steps): a 5% goal asks for a few milliseconds of precision, which a shared 2-core machine "
     "does not give; `--set train.batch_size=16 --epochs 10` or a bigger pipeline give more work "
