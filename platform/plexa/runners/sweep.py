@@ -77,7 +77,8 @@ def _searcher(spec: PipelineSpec, seed: int) -> Any:
         )
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    # a search generator, not a Searcher: it limits concurrency itself
+    return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.concurrency)
 
 
 def _scheduler(spec: PipelineSpec, domains: dict[str, Any]) -> Any:
@@ -141,7 +142,7 @@ def _tuner(
             num_samples=sweep.trials,
             search_alg=_searcher(spec, seed),
             scheduler=_scheduler(spec, domains),
-            max_concurrent_trials=sweep.concurrency,
+            max_concurrent_trials=None if sweep.search == "random" else sweep.concurrency,
             time_budget_s=sweep.time_budget_s,
             reuse_actors=True,
         ),
