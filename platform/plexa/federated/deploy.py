@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 
 from plexa.federated.apps import GLOBAL_STATE, JOB_KEY
@@ -40,12 +40,12 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DeployError(f"{proc.args[0]} exited with {proc.returncode}; see {log}")
+            raise DeployError(f"{log.stem} exited with {proc.returncode}; see {log}")
         with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
             if sock.connect_ex((HOST, port)) == 0:
                 return
         time.sleep(0.2)
-    raise DeployError(f"{proc.args[0]} did not listen on {HOST}:{port} in {timeout:.0f}s")
+    raise DeployError(f"{log.stem} did not listen on {HOST}:{port} in {timeout:.0f}s; see {log}")
 
 
 def write_app(app_dir: Path, job_path: Path) -> Path:
@@ -88,6 +88,17 @@ insecure = true
     return home
 
 
+# Linux: the child asks for SIGTERM when plexa dies, even by SIGKILL when no `finally` runs
+# (the parent-death signal survives exec), then becomes the Flower command
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)  # plexa is already gone\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 class Processes:
     """Popen'd Flower processes, each in its own session; `stop` ends them and their
     children (a SuperLink's ServerApp, a SuperNode's ClientApp)."""
@@ -98,6 +109,8 @@ class Processes:
 
     def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.logs / f"{name}.log"
+        if sys.platform.startswith("linux"):
+            args = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 args,
@@ -115,19 +128,15 @@ class Processes:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in reversed(self.procs):
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(proc, signal.SIGKILL)  # children the parent left behind
             proc.wait()
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # the session this process leads: only ours
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run(job_path: Path, clients: int, workdir: Path, round_timeout: float) -> None:
