@@ -41,9 +41,9 @@ class DataSpec:
 
     @property
     def output_size(self) -> int:
-        if self.task == "classification":
+        if self.task in ("classification", "language-model"):  # a class per token
             if not self.num_classes:
-                raise ValueError("a classification DataSpec needs num_classes")
+                raise ValueError(f"a {self.task} DataSpec needs num_classes")
             return self.num_classes
         return self.output_dim or 1
 
