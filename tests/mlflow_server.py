@@ -201,6 +201,7 @@ def start_mlflow_server(backend_uri: str, folder: Path, *, auth: bool = False) -
             "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
             f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n"  # one password hash a minute, not one a request
         )
         command += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)

@@ -58,6 +58,15 @@ def _steps(client, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def _cli(*args: str):  # -> click.testing.Result
+    """The `plexa` command in this process (for the quick cases: no start-up to pay)."""
+    from typer.testing import CliRunner
+
+    from plexa.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 def _predicts(uri: str, model_uri: str) -> None:
     """The registered ONNX model loads from the server and computes class scores."""
     import mlflow
@@ -215,5 +224,49 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     assert [(str(v.version), v.run_id) for v in versions] == [("1", result.run_id)]
     _predicts(server.url, "models:/wine-failover/1")
 
-    again = plexa(*shlex.split(command)[1:], cwd=workdir)
-    assert again.returncode == 0 and "nothing to sync" in again.stdout, again.stdout
+    again = _cli(*shlex.split(command)[1:])  # in process: no second start-up to pay for
+    assert again.exit_code == 0 and "nothing to sync" in again.stdout, again.stdout
+
+
+def test_a_server_unreachable_at_the_start_gets_the_run_later(
+    server: MlflowServer,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens at tracking.uri: the run starts in the local store at once and `plexa
+    sync --to` makes it a new run on a server later. Without offline runs sync has nothing to
+    do; a store that does not exist is an error naming it."""
+    import mlflow
+
+    import plexa as plexa_api
+    from plexa.tracking_failover import SYNCED_FROM_TAG, offline_uri
+    from tests.ray_cluster import free_ports
+
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
+    spec = plexa_api.load_pipeline(
+        WINE, [*TINY, "train.max_epochs=1", f"tracking.uri={nowhere}", "export.onnx=false",
+               "tracking.experiment=unreachable"],
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="plexa.tracking"):
+        result = plexa_api.run(spec)
+    assert result.status == "FINISHED"
+    assert any(f"plexa sync --from {offline_uri()} --to {nowhere}" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    local = _only_run(mlflow.MlflowClient(offline_uri()), "unreachable")
+    assert local.info.run_id == result.run_id  # no server run: the local id names it
+
+    for key, value in server.client_env().items():
+        monkeypatch.setenv(key, value)
+    synced = plexa("sync", "--to", server.url, cwd=workdir)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    client = mlflow.MlflowClient(server.url)
+    remote = _only_run(client, "unreachable")
+    assert remote.data.tags[SYNCED_FROM_TAG] == result.run_id
+    assert remote.info.status == "FINISHED" and "test/acc" in remote.data.metrics
+    assert _steps(client, remote.info.run_id, "val/loss") == [0]
+
+    nothing = _cli("sync")
+    assert nothing.exit_code == 0 and "nothing to sync" in nothing.stdout, nothing.stdout
+    wrong = _cli("sync", "--from", f"sqlite:///{workdir}/none.db")
+    assert wrong.exit_code == 2 and "none.db: no such store" in wrong.stdout, wrong.stdout

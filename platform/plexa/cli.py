@@ -625,7 +625,7 @@ def sync(
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
-    from plexa.tracking_failover import SyncError
+    from plexa.tracking_failover import SyncError, unavailable
     from plexa.tracking_failover import sync as sync_runs
 
     console = _console()
@@ -633,6 +633,14 @@ def sync(
         synced = sync_runs(source, target)
     except SyncError as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        raise _fail(
+            f"the MLflow server did not answer ({type(exc).__name__}); runs not yet copied "
+            "stay in the local store: run this again once it is back",
+            1,
+        ) from None
     for run in synced:
         registered = f", registered {' '.join(run.registered)}" if run.registered else ""
         console.print(

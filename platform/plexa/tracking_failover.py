@@ -282,7 +282,8 @@ def start_offline_run(
     tags = {**journal.tags, REMOTE_URI_TAG: remote_uri}
     if remote_run_id:
         tags[REMOTE_RUN_TAG] = remote_run_id
-    run = client.create_run(_offline_experiment(client, experiment), tags=tags, run_name=run_name)
+    experiment_id = _offline_experiment(client, experiment)
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in journal.params.items()]
     for start in range(0, len(params), _PARAM_BATCH):
@@ -303,6 +304,7 @@ def start_offline_run(
         monitor._shutdown_event.set()
     fluent.MLFLOW_RUN_ID.unset()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id)  # the server's id means nothing here
     mlflow.start_run(run_id=run_id, log_system_metrics=system)
     return run_id
 
@@ -372,9 +374,11 @@ def sync(source: str | None = None, target: str | None = None) -> list[SyncedRun
     server the run failed over from). Idempotent: a synced run is tagged and skipped."""
     import mlflow
 
-    source = source or offline_uri()
+    given, source = source, source or offline_uri()
     if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
-        raise SyncError(f"no offline store at {source}: nothing to sync")
+        if given:
+            raise SyncError(f"--from {given}: no such store")
+        return []  # no run ever failed over here
     local = mlflow.MlflowClient(source)
     experiments = [e.experiment_id for e in local.search_experiments()]
     runs = local.search_runs(experiments, max_results=10000) if experiments else []
