@@ -519,7 +519,10 @@ def generate(
     elif task == "language-model":
         from plexa import textgen
 
-        text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
+        try:
+            text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
+        except textgen.TextGenError as exc:  # e.g. prompt characters outside the vocabulary
+            raise _fail(str(exc), EXIT_INVALID) from None
         console.print(text, markup=False, highlight=False)
     else:
         raise _fail(
