@@ -97,6 +97,22 @@ def test_federated_section_errors_carry_their_paths() -> None:
         load_pipeline(PIPELINE, ["federated.strategy=krum", "federated.byzantine=1"])
 
 
+def test_federate_refuses_a_bad_section_before_starting(workdir: Path) -> None:
+    done = plexa(
+        "federate",
+        str(PIPELINE),
+        "--deploy",
+        "--set",
+        "federated.strategy=bogus",
+        "--set",
+        "federated.partition.alpha=-1",
+        cwd=workdir,
+    )
+    assert done.returncode == 2
+    assert "federated.strategy" in done.stdout and "federated.partition.alpha" in done.stdout
+    assert not (workdir / "plexa-runs").exists()  # nothing started
+
+
 def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
     """FedProx's term works through plexa's own training step (manual optimisation)."""
     import torch
