@@ -138,7 +138,7 @@ def _tracked_run(
                     spec,
                     run_dir,
                     run_id=tracker.run_id,
-                    tracking_uri=tracker.uri,
+                    tracking_uri=tracker.active_uri,  # a local store once the server failed
                     callbacks=callbacks,
                     resume_from=resume_from,
                     owns_ray=owns_ray,

@@ -133,6 +133,11 @@ class Tracker:
 
         mlflow.log_params(dict(params))
 
+    @property
+    def active_uri(self) -> str:
+        """The store logging goes to now (a failed-over tracker's is a local one)."""
+        return self.uri
+
     def guarded(self, what: str, action: Any) -> Any:
         """Run `action()`, which logs to the active run; a tracker for an MLflow server fails
         over to a local store when the server fails (plexa.tracking_failover)."""
