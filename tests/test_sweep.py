@@ -186,6 +186,7 @@ def sweep_run(ray_session, tmp_path_factory: pytest.TempPathFactory):
             "sweep.seed=8",  # draws lr 0.003, 0.003, 1e-7, 1e30 in this order
             "sweep.grace_period=1",
             "sweep.latency_runs=20",
+            "sweep.objectives={val/acc: 1.0, latency_ms: -0.01}",  # Tune follows `objective`
             "sweep.space={model.params.channels: {choice: [[8], [16, 32]]}, "
             "train.optimizer.lr: {choice: [0.003, 1.0e-7, 1.0e+30]}}",
             "sweep.default_space=false",
@@ -224,6 +225,8 @@ def test_a_sweep_records_every_trial_as_a_nested_run(sweep_run) -> None:
             assert trial.data.metrics["params"] > 100
             assert trial.data.metrics["export/parity_max_abs_diff"] <= 1e-4
             assert "test/acc" in trial.data.metrics
+            m = trial.data.metrics
+            assert m["objective"] == pytest.approx(m["val/acc"] - 0.01 * m["latency_ms"])
         if trial.info.status == "KILLED":
             assert trial.data.tags["plexa.sweep.early_stopped"] == "true"
 

@@ -54,7 +54,8 @@ def _progress_callback() -> Any:
                 if isinstance(result.get(k), int | float)
             )
             state = "finished" if result.get("finished") else "stopped"
-            print(f"trial {trial.trial_id} {state} after {result.get('epochs', 0)} epochs  {shown}")
+            epochs = int(result.get("epochs", 0) or 0)
+            print(f"trial {trial.trial_id} {state} after {epochs} epochs  {shown}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(f"trial {trial.trial_id} failed (recorded as FAILED in MLflow)")
@@ -100,7 +101,6 @@ def _scheduler(spec: PipelineSpec, domains: dict[str, Any]) -> Any:
             time_attr="training_iteration",
             perturbation_interval=sweep.perturbation_interval,
             hyperparam_mutations=domains,
-            seed=spec.sweep.seed if spec.sweep.seed is not None else spec.train.seed,
         )
     return None
 
@@ -150,6 +150,9 @@ def _tuner(
             name=EXPERIMENT,
             storage_path=str(storage),
             verbose=0,
+            # a trial's final report ends it before any scheduler acts on it (PBT would
+            # otherwise exploit a finished trial and start it again)
+            stop={"finished": 1},
             callbacks=[_progress_callback()],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -303,8 +306,12 @@ def _best(rows: list[TrialRow], key: str, mode: str) -> TrialRow | None:
     finished = [r for r in finished if score(r) is not None]
     if not finished:
         return None
-    pick = max if mode == "max" else min
-    return pick(finished, key=score)  # type: ignore[arg-type,return-value]
+    sign = 1.0 if mode == "max" else -1.0
+
+    def rank(r: TrialRow) -> tuple[float, float]:  # a tie goes to the faster network
+        return sign * score(r), -(r.latency_ms if r.latency_ms is not None else float("inf"))
+
+    return max(finished, key=rank)
 
 
 def _log_sweep(
