@@ -253,6 +253,8 @@ def test_char_lm_export_generates_text(workdir: Path) -> None:
                     "--temperature", "0", cwd=workdir)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.rstrip("\n") == continued("xy", 6)
+    refused = plexa_cli("generate", str(path), "--prompt", "xyZ", cwd=workdir)
+    assert refused.returncode == 2 and "outside the vocabulary" in refused.stderr + refused.stdout
 
 
 def test_encode_refuses_unknown_characters_by_name() -> None:

@@ -63,7 +63,7 @@ class Text(DataPlugin):
             if value is None:
                 return None
             base = (info.context or {}).get("base_dir", Path.cwd())
-            path = (Path(base) / value).expanduser().resolve()
+            path = (Path(base) / Path(value).expanduser()).resolve()
             if not path.is_file():
                 raise ValueError(f"no such file '{path}'")
             return str(path)
