@@ -131,6 +131,9 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
                     for k, v in values.items()
                 ],
             )
+        # params are the first point; PBT changes a trial's values as it goes, so a tag
+        # always holds the current ones
+        client.set_tag(run_id, "plexa.sweep.values", json.dumps(values, sort_keys=True))
         spec = space.apply(PipelineSpec.model_validate(setup["spec"]), values)
         arch, data, net, module = assemble(spec)
         trial_dir = Path(setup["run_dir"]) / "trials" / trial_id
