@@ -205,7 +205,7 @@ def machine() -> str:
     )
 
 
-def write(rows: list[Row], update_readme: bool) -> None:
+def write(rows: list[Row], update_readme: bool, note: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "zoo.json"
     kept = {r["pipeline"]: r for r in (json.loads(store.read_text()) if store.exists() else [])}
@@ -219,7 +219,11 @@ def write(rows: list[Row], update_readme: bool) -> None:
         "time of the whole run (training, test, MLflow, ONNX export and parity check) on a "
         "machine shared with other work, so read them as rough. Generators: `score` is the "
         "Inception-score analogue over the 10 digits from plexa's own digits classifier "
-        "(`plexa.scoring`), on 1000 samples (500 for diffusion).\n\n" + table(ordered) + "\n"
+        "(`plexa.scoring`), on 1000 samples (500 for diffusion)."
+        + (f" {note}" if note else "")
+        + "\n\n"
+        + table(ordered)
+        + "\n"
     )
     (RESULTS / "zoo.md").write_text("# Model zoo\n\n" + body)
     if update_readme and README.exists():
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="Just these pipelines.")
     parser.add_argument("--timeout", type=float, default=1800, help="Seconds per pipeline.")
     parser.add_argument("--no-readme", action="store_true", help="Leave README.md alone.")
+    parser.add_argument("--note", default="", help="A sentence on how this run was made.")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process's mode
     args = parser.parse_args(argv)
     if args.measure:
@@ -257,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         status = row.error or f"{row.reached} ({'-' if row.passed is None else row.passed})"
         print(f"{name:<22} {row.seconds:7.1f}s  {status}", flush=True)
         rows.append(row)
-        write(rows, not args.no_readme)  # after each pipeline: a long run leaves partial results
+        # after each pipeline: a long run leaves partial results
+        write(rows, not args.no_readme, args.note)
 
 
 if __name__ == "__main__":
