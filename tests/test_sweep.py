@@ -71,6 +71,7 @@ def test_sweep_rules_and_exclusions() -> None:
     assert where == "sweep.space.model.params.hidden" and "training hyperparameters" in msg
     assert "nothing to search" in problems_of({"default_space": False})[0][1]
     assert "not a metric" in problems_of({"objectives": {"speed": 1.0}})[0][1]
+    assert "logs no 'val/r2'" in problems_of({"metric": "val/r2"})[0][1]  # digits: classification
     federated = {"federated": {"clients": 2}}
     assert ("sweep", "a pipeline has at most one of federated: and sweep:") in problems_of(
         {"trials": 2}, **federated

@@ -151,6 +151,27 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = deepcopy(value)
 
 
+# what plexa's own task modules log per epoch (a plugin's own LightningModule may log more)
+TASK_METRICS = {"classification": {"loss", "acc"}, "regression": {"loss", "mae", "r2"}}
+
+
+def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """A metric the task never logs would fail every trial: refuse it before anything runs."""
+    sweep = spec.sweep
+    assert sweep is not None
+    known = TASK_METRICS.get(spec.task())
+    if known is None:
+        return []
+    named = [("sweep.metric", sweep.metric)] if sweep.metric else []
+    named += [(f"sweep.objectives.{k}", k) for k in sweep.objectives if "/" in k]
+    return [
+        (where, f"the {spec.task()} task logs no '{name}' (it logs "
+         + ", ".join(f"val/{m}" for m in sorted(known)) + ")")
+        for where, name in named
+        if name.partition("/")[2] not in known
+    ]
+
+
 def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
     """Every problem of the merged space: its shape, paths that are not searchable, and values
     the plugin's Config (or the training schema) refuses."""
@@ -159,7 +180,7 @@ def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
     sweep = spec.sweep
     assert sweep is not None
     space, defaults = merged(spec, arch_cls)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _metric_problems(spec)
     if not any(is_searched(node) for node in space.values()):
         problems.append(("sweep.space", "nothing to search: the space has no domain"))
     base = spec.model_dump(mode="json")
