@@ -179,6 +179,48 @@ def test_right_pairings_and_bad_params_are_reported_with_their_paths() -> None:
                                                 | {"width": 30, "heads": 4}}))
 
 
+# ------------------------------------------------------------------ data
+
+
+def test_text_windows_the_builtin_corpus_and_refuses_bad_files(tmp_path: Path) -> None:
+    from plexa_data.text import Text, stdlib_docstrings
+
+    corpus = stdlib_docstrings()
+    assert len(corpus) > 100_000 and "Command-line parsing library" in corpus
+    data = Text().load(Text.Config(max_chars=20_000, context=32, block=512), seed=0)
+    assert data.spec.task == "language-model" and data.spec.input_shape == (32,)
+    assert list(data.spec.class_names) == sorted(set(corpus[:20_000]))
+    for split in (data.train, data.val, data.test):
+        assert split.x.dtype == np.int64 and (split.x[:, 1:] == split.y[:, :-1]).all()
+    # val and test windows do not overlap: each character is scored once
+    assert data.val.x.size < 20_000 * 0.15
+
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    bad = {"plugin": "text", "params": {"path": "latin1.txt"}}
+    spec = validate(pipeline(bad, {"plugin": "transformer", "params": {"attention": "causal"}}),
+                    base_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte 3"):
+        datasets.create("text").load(spec.data_config(), 0)
+    missing = {"plugin": "text", "params": {"path": "nope.txt"}}
+    with pytest.raises(ConfigError) as refused:
+        validate(pipeline(missing, {"plugin": "transformer", "params": {"attention": "causal"}}),
+                 base_dir=tmp_path)
+    assert dict(refused.value.problems)["data.params.path"].startswith("no such file")
+
+
+def test_sequences_windows_continue_their_series() -> None:
+    from plexa_data.sequences import Sequences, generate
+
+    config = Sequences.Config(series=20, length=60, window=16, horizon=4, stride=8)
+    data = Sequences().load(config, seed=0)
+    assert data.train.x.shape[1:] == (16, 1) and data.train.y.shape[1:] == (4,)
+    starts = len(range(0, 60 - 20 + 1, 8))
+    assert len(data.train) + len(data.val) + len(data.test) == 20 * starts
+    series = generate(config, np.random.default_rng(config.data_seed))
+    window = np.concatenate([data.test.x[0, :, 0], data.test.y[0]])
+    assert any(np.array_equal(window, row[:20]) for row in series)  # one series' first window
+
+
 # ------------------------------------------------------------------ metrics and generation
 
 

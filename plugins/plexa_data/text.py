@@ -139,16 +139,20 @@ def read_text(path: str | None, max_chars: int) -> str:
                 f"under {sysconfig.get_paths()['stdlib']}; give data.params.path instead"
             )
         return text[:max_chars]
+    with open(path, "rb") as f:
+        raw = f.read(4 * max_chars)  # a UTF-8 character is at most 4 bytes
+        cut = bool(f.read(1))
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(max_chars)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte {exc.start} cannot be decoded ({exc.reason})"
-        ) from exc
+        if not (cut and exc.reason == "unexpected end of data"):
+            raise ValueError(
+                f"{path} is not UTF-8 text: byte {exc.start} cannot be decoded ({exc.reason})"
+            ) from exc
+        text = raw[: exc.start].decode("utf-8")  # the read ended inside a character
     if not text:
         raise ValueError(f"{path} is empty")
-    return text
+    return text[:max_chars]
 
 
 @functools.cache
