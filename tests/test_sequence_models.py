@@ -228,7 +228,8 @@ def test_forecast_metrics_score_the_naive_forecast(workdir: Path) -> None:
     spec = validate(
         {
             "name": "sine-tiny",
-            "data": {"plugin": "sequences", "params": {"series": 40, "length": 80}},
+            "data": {"plugin": "sequences",
+                     "params": {"series": 30, "length": 40, "window": 16, "horizon": 4}},
             "model": {"plugin": "rnn", "params": {"cell": "gru", "hidden": 16}},
             "train": {"max_epochs": 1},
             "export": {"onnx": False},
