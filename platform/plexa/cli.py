@@ -93,6 +93,7 @@ def run(
     from plexa.export import ExportError
     from plexa.plugins import PluginError
     from plexa.runners import RunInterrupted
+    from plexa.runners.sweep import SweepError
     from plexa.tracking import RunNotFoundError
 
     console = _console()
@@ -128,7 +129,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (orchestrator.ResumeError, RunNotFoundError, PluginError) as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
-    except ExportError as exc:
+    except (ExportError, SweepError) as exc:
         raise _fail(str(exc), 1) from None
     if rank_zero:
         _summary(console, pipeline, result)

@@ -32,6 +32,10 @@ EXPERIMENT = "sweep"
 _TERMINAL = ("TERMINATED", "ERROR")
 
 
+class SweepError(RuntimeError):
+    """The sweep ran but left nothing to export: no trial finished."""
+
+
 def target(spec: PipelineSpec) -> tuple[str, str]:
     """(metric, mode) the sweep optimises: the pipeline's, else the task's checkpoint metric."""
     sweep = spec.sweep
@@ -223,7 +227,7 @@ def run(spec: PipelineSpec, *, resume: str | None = None) -> RunResult:
         best = _best(rows, "objective" if weights else metric, mode)
         _log_sweep(tracker, rows, metric, mode, best)
         if best is None:
-            raise RuntimeError(
+            raise SweepError(
                 f"sweep '{spec.name}': no trial finished ({len(rows)} ran; see the nested runs "
                 f"of MLflow run {tracker.run_id} for their errors)"
             )
