@@ -9,11 +9,14 @@ serveConfigV2 is visible to anyone who can read the RayService.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TOKEN_ENV = "PLEXA_SERVE_TOKEN"
+CACHE_ENV = "PLEXA_SERVE_CACHE"  # where registered models are fetched to; shared by all nodes
 _KEYS = {"targets", "replicas", "max_batch", "max_wait_ms", "batching", "tracking_uri"}
 
 
@@ -68,5 +71,15 @@ def app(args: dict[str, Any]):  # -> ray.serve.Application
         batching=parsed.batching,
         token=os.environ.get(TOKEN_ENV) or None,
     )
-    targets = resolve_all(parsed.targets, parsed.tracking_uri)
+    # replicas run on any node and open the file the builder fetched: fetch it into a folder
+    # every node sees (the shared volume of deploy/k8s), not this node's /tmp
+    cache = os.environ.get(CACHE_ENV)
+    previous = tempfile.tempdir
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = cache
+    try:
+        targets = resolve_all(parsed.targets, parsed.tracking_uri)
+    finally:
+        tempfile.tempdir = previous
     return deployment_app(targets, options, parsed.replicas)
