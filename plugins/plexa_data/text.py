@@ -41,7 +41,7 @@ STDLIB_MODULES: tuple[str, ...] = tuple(
             "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
             "tokenize", "trace", "traceback", "turtle", "typing", "unittest.case", "urllib.parse",
             "urllib.request", "uuid", "warnings", "wave", "weakref", "webbrowser", "zipfile",
-        )  # fmt: skip
+        )
     )
 )
 BUILTIN_CORPUS = "stdlib-docstrings"
