@@ -117,7 +117,7 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
     """FedProx's term works through plexa's own training step (manual optimisation)."""
     import torch
 
-    from plexa.federated.apps import ProximalTerm, _trainer, build_module, load_data
+    from plexa.federated.apps import ProximalTerm, build_module, load_data, make_trainer
     from plexa.runners.local import memory_data
 
     spec = load_pipeline(PIPELINE, ["train.limit_batches=5"])
@@ -127,7 +127,8 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
         module = build_module(spec, data)
         start = [p.detach().clone() for p in module.parameters()]
         callbacks = [ProximalTerm(mu)] if mu else []
-        _trainer(spec, 1, callbacks).fit(module, datamodule=memory_data(module, data, spec.train))
+        trainer = make_trainer(spec, 1, callbacks)
+        trainer.fit(module, datamodule=memory_data(module, data, spec.train))
         moved = zip(module.parameters(), start, strict=True)
         return sum(float((p.detach() - s).norm()) for p, s in moved)
 

@@ -129,7 +129,9 @@ def partitions(spec: PipelineSpec, data: DataSplits) -> list[Any]:
     return partition(np.asarray(labels), fed.clients, fed.partition, seed)
 
 
-def _trainer(spec: PipelineSpec, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+def make_trainer(spec: PipelineSpec, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+    """A Trainer for one client's round or one central test: no checkpoints, no logger, no
+    validation (the server evaluates), one device; a round is too short for more."""
     return L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator(spec),
@@ -228,7 +230,7 @@ def train_client(job_path: str, msg: Message, context: Context) -> Message:
     if mu > 0:
         callbacks.append(ProximalTerm(mu))
     torch.manual_seed(seed)
-    trainer = _trainer(spec, fed.local_epochs, callbacks)
+    trainer = make_trainer(spec, fed.local_epochs, callbacks)
     trainer.fit(module, datamodule=memory_data(module, data, train))
 
     metrics: dict[str, float] = {
@@ -293,7 +295,7 @@ class CentralEvaluation:
     def test(self) -> dict[str, float]:
         from plexa.runners.local import memory_data
 
-        trainer = _trainer(self.spec, 1, [])
+        trainer = make_trainer(self.spec, 1, [])
         results = trainer.test(
             self.module,
             datamodule=memory_data(self.module, self.data, self.spec.train),

@@ -137,10 +137,10 @@ def simulate(job_path: Path, spec: PipelineSpec, sinks: list[RoundSink]) -> None
 
 def _test(spec: PipelineSpec, module: L.LightningModule, data: DataSplits) -> dict[str, float]:
     """Test metrics of the final global model, as a local run reports them."""
-    from plexa.federated.apps import _trainer
+    from plexa.federated.apps import make_trainer
     from plexa.runners.local import memory_data
 
-    results = _trainer(spec, 1, []).test(
+    results = make_trainer(spec, 1, []).test(
         module, datamodule=memory_data(module, data, spec.train), verbose=False
     )
     return {k: float(v) for k, v in results[0].items()} if results else {}
