@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -382,7 +383,7 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
     port = free_port()
     env = {**os.environ, "PLEXA_SERVE_TOKEN": "tok"}
     process = subprocess.Popen(
-        [str(BIN / "plexa"), "serve", str(digits), "--port", str(port), "--max-wait-ms", "5000"],
+        [str(BIN / "plexa"), "serve", str(digits), "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -412,14 +413,23 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
         }
 
         def infer(_: int) -> int:
-            r = httpx.post(f"{url}/v2/models/digits-cnn/infer", json=body, headers=auth, timeout=30)
+            payload = json.dumps(body).encode()
+
+            def slowly() -> Iterator[bytes]:  # the upload takes ~1.5 s: in flight at SIGTERM
+                for k in range(0, len(payload), len(payload) // 5 + 1):
+                    time.sleep(0.3)
+                    yield payload[k : k + len(payload) // 5 + 1]
+
+            r = httpx.post(
+                f"{url}/v2/models/digits-cnn/infer", content=slowly(), headers=auth, timeout=30
+            )
             return r.status_code
 
         with ThreadPoolExecutor(4) as pool:
             pending = [pool.submit(infer, i) for i in range(4)]
             gauge = 'plexa_in_flight{route="/v2/models/{name}/infer"}'
             while _sample(httpx.get(f"{url}/metrics", headers=auth).text, gauge) < 4:
-                time.sleep(0.02)  # until all four wait in the batcher (for up to 5 s)
+                time.sleep(0.02)  # until all four are being received
             process.send_signal(signal.SIGTERM)
             codes = [f.result() for f in pending]
         assert codes == [200] * 4

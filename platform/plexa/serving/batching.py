@@ -1,8 +1,10 @@
 """Dynamic batching: requests that arrive together share one ONNX Runtime call.
 
-A request waits at most `max_wait` for others; rows are stacked up to `max_batch`, run once,
-and each caller gets back exactly its own rows. One batch runs at a time per model while the
-next one gathers, so under load the batch grows and the per-call overhead is shared.
+Each call takes every request already queued, up to `max_batch` rows; under concurrent load
+(the previous call was shared) it also waits up to `max_wait` for more, while a lone request
+runs at once. Rows are stacked, run once, and each caller gets back exactly its own rows. One
+batch runs at a time per model while the next one gathers, so under load the batch grows and
+the per-call overhead is shared.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None  # a request that did not fit the last batch
+        self._last_requests = 0  # requests in the last call
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._loop())
@@ -75,7 +78,10 @@ class Batcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], first.rows
-        deadline = time.monotonic() + self.max_wait
+        # wait for company only under concurrent load (the last call was shared): a lone
+        # request runs at once, so batching costs nothing at concurrency 1
+        wait = self.max_wait if self._last_requests > 1 else 0.0
+        deadline = time.monotonic() + wait
         while rows < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -92,6 +98,7 @@ class Batcher:
                 break
             batch.append(item)
             rows += item.rows
+        self._last_requests = len(batch)
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:

@@ -210,6 +210,9 @@ def load(path: Path, name: str, source: str, threads: int = 0) -> ServedModel:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # no busy-waiting between calls: the event loop parsing the next requests needs the core
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:
