@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 
@@ -139,8 +140,17 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)  # the session this process leads: only ours
 
 
-def run(job_path: Path, clients: int, workdir: Path, round_timeout: float) -> None:
-    """Start a SuperLink and `clients` SuperNodes, run the app to completion, stop them all."""
+def run(
+    job_path: Path,
+    clients: int,
+    rounds: int,
+    workdir: Path,
+    round_timeout: float,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    """Start a SuperLink and `clients` SuperNodes, run the app to completion, stop them all.
+
+    `on_wait` is called every second while the run goes on (the runner reports rounds)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
@@ -182,23 +192,25 @@ def run(job_path: Path, clients: int, workdir: Path, round_timeout: float) -> No
                     f"partition-id={i} num-partitions={clients}",
                 ],
             )
-        done = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app_dir), FEDERATION, "--stream"],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=round_timeout * 10 + 120,
-            check=False,
+        runner, run_log = procs.start(
+            "flwr-run", [str(BIN / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
         )
-        (workdir / "flwr-run.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise DeployError(
-                f"flwr run exited with {done.returncode}: {done.stderr.strip()[-800:]}"
-            )
+        # every round may wait round_timeout for replies; starting the apps takes a while too
+        deadline = time.monotonic() + rounds * round_timeout + 300
+        while runner.poll() is None:
+            if time.monotonic() > deadline:
+                raise DeployError(f"the Flower run did not finish in time; logs in {workdir}")
+            if on_wait is not None:
+                on_wait()
+            time.sleep(1.0)
+        if on_wait is not None:
+            on_wait()
+        if runner.returncode != 0:
+            tail = run_log.read_text(errors="replace").strip()[-800:]
+            raise DeployError(f"flwr run exited with {runner.returncode}: {tail}")
         final = Path(json.loads(job_path.read_text())["run_dir"]) / GLOBAL_STATE
         if not final.exists():
             raise DeployError(
                 f"the Flower run ended without a global model; logs in {workdir}:\n"
-                + done.stdout[-1500:]
+                + run_log.read_text(errors="replace")[-1500:]
             )

@@ -31,8 +31,8 @@ def run(
 ) -> RunResult:
     """Run the pipeline's `federated:` rounds and return the shared RunResult.
 
-    `sinks` get (round, metrics) after each round's central evaluation (simulation only: a
-    deployed ServerApp runs in another process and reports through MLflow).
+    `sinks` get (round, metrics) after each round's central evaluation; a deployed ServerApp
+    runs in another process, so there they are read back from MLflow once a second.
     """
     import torch
 
@@ -58,7 +58,14 @@ def run(
         if deploy:
             from plexa.federated import deploy as deployment
 
-            deployment.run(job_path, fed.clients, run_dir / "deploy", fed.round_timeout)
+            deployment.run(
+                job_path,
+                fed.clients,
+                fed.rounds,
+                run_dir / "deploy",
+                fed.round_timeout,
+                on_wait=_RoundPoller(tracker, list(sinks)),
+            )
         else:
             simulate(job_path, spec, list(sinks))
         final = run_dir / apps.GLOBAL_STATE
@@ -164,3 +171,38 @@ def _log_partition(tracker: Tracker, data: DataSplits, parts: list[Any]) -> None
         names = data.spec.class_names or tuple(str(i) for i in range(data.spec.output_size))
         counts = label_counts(data.train.y, parts, len(names))
         tracker.log_figure(plots.partition(counts, names), "partition.png")
+
+
+class _RoundPoller:
+    """Deployment mode: the ServerApp logs each round to MLflow from its own process; this
+    reads new rounds back and hands them to the sinks, as the simulation does directly."""
+
+    KEYS = (
+        "server/test/loss",
+        "server/test/acc",
+        "clients/sampled",
+        "clients/replied",
+        "clients/failed",
+        "round_seconds",
+    )
+
+    def __init__(self, tracker: Tracker, sinks: list[RoundSink]) -> None:
+        self.tracker, self.sinks = tracker, sinks
+        self.seen: set[int] = set()
+
+    def __call__(self) -> None:
+        if not self.sinks:
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient(self.tracker.uri)
+        rounds: dict[int, dict[str, float]] = {}
+        for key in self.KEYS:
+            for point in client.get_metric_history(self.tracker.run_id, key):
+                if point.step not in self.seen:
+                    rounds.setdefault(point.step, {})[key] = point.value
+        for step in sorted(rounds):
+            if "server/test/acc" in rounds[step] or "server/test/loss" in rounds[step]:
+                self.seen.add(step)
+                for sink in self.sinks:
+                    sink(step, rounds[step])
