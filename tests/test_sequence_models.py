@@ -323,3 +323,14 @@ def test_generate_refuses_an_export_that_is_not_a_language_model(tmp_path: Path)
     onnx.save(model, str(path))
     with pytest.raises(TextGenError, match="is a classification export; text generation needs"):
         generate_text(path, "hi")
+
+
+def test_a_sweep_may_follow_the_sequence_metrics_and_no_others() -> None:
+    from plexa.config import load_pipeline
+
+    from .conftest import PIPELINES
+
+    lm = load_pipeline(PIPELINES / "text-charlm.yaml", ["sweep={metric: val/perplexity}"])
+    assert lm.sweep is not None and lm.sweep.metric == "val/perplexity"
+    with pytest.raises(ConfigError, match="the sequence task logs no 'val/acc'"):
+        load_pipeline(PIPELINES / "sine-forecast.yaml", ["sweep={metric: val/acc}"])

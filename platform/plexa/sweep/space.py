@@ -152,7 +152,12 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
 
 
 # what plexa's own task modules log per epoch (a plugin's own LightningModule may log more)
-TASK_METRICS = {"classification": {"loss", "acc"}, "regression": {"loss", "mae", "r2"}}
+TASK_METRICS = {
+    "classification": {"loss", "acc"},
+    "regression": {"loss", "mae", "r2"},
+    "sequence": {"loss", "mae", "r2", "mse", "naive_mse", "mse_vs_naive"},  # tasks.ForecastTask
+    "language-model": {"loss", "acc", "perplexity", "unigram_perplexity", "perplexity_vs_unigram"},
+}
 
 
 def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
