@@ -303,6 +303,7 @@ def test_deploy_with_three_supernodes_and_central_dp(workdir: Path) -> None:
     assert history(run_id, "clients/replied") == [(1, 3.0), (2, 3.0)]
     assert {f"client_{i}/train/loss" for i in range(3)} <= set(run.data.metrics)
     assert "models:/digits-fed-deploy/1" in done.stdout
+    assert "round   2/2  server/test/loss" in done.stdout  # rounds reported as they end
 
     deploy = workdir / "plexa-runs" / run_id / "deploy"
     server_log = (deploy / "flwr-run.log").read_text()
