@@ -592,7 +592,14 @@ def serve(
         max_body_bytes=max_body,
     )
     where = f"http://{host}:{port}"
-    _console().print(f"[bold]plexa serve[/bold] on {where} (page: {where}/, Ctrl-C stops it)")
+    console = _console()
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        console.print(
+            f"[yellow]warning:[/yellow] listening on {host} without --token: anyone who can "
+            "reach this port can use the models (set PLEXA_SERVE_TOKEN)",
+            soft_wrap=True,
+        )
+    console.print(f"[bold]plexa serve[/bold] on {where} (page: {where}/, Ctrl-C stops it)")
     try:
         run_server(targets, host, port, options, ray=ray, replicas=replicas,
                    tracking_uri=tracking_uri)

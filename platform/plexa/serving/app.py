@@ -297,12 +297,19 @@ class InferPath:
             return
         try:
             model = self.state.model(match.group(1))
-            body = await _read_body(receive)
-            header = None
-            for key, value in scope["headers"]:
-                if key == b"inference-header-content-length":
-                    header = value.decode("latin-1")
-            parsed = protocol.parse_infer(body, header, model)
+            batcher = self.state.batchers.get(model.name)
+            if batcher is not None:
+                batcher.arriving += 1  # the batcher may wait for this one
+            try:
+                body = await _read_body(receive)
+                header = None
+                for key, value in scope["headers"]:
+                    if key == b"inference-header-content-length":
+                        header = value.decode("latin-1")
+                parsed = protocol.parse_infer(body, header, model)
+            finally:
+                if batcher is not None:
+                    batcher.arriving -= 1
             outputs = await self.state.run(model, parsed.feeds, parsed.rows)
             names = [o.name for o in model.outputs]
             content, extra = protocol.infer_response(

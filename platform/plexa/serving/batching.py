@@ -1,10 +1,11 @@
 """Dynamic batching: requests that arrive together share one ONNX Runtime call.
 
-Each call takes every request already queued, up to `max_batch` rows; under concurrent load
-(the previous call was shared) it also waits up to `max_wait` for more, while a lone request
-runs at once. Rows are stacked, run once, and each caller gets back exactly its own rows. One
-batch runs at a time per model while the next one gathers, so under load the batch grows and
-the per-call overhead is shared.
+Each call takes every request already queued, up to `max_batch` rows, and waits up to
+`max_wait` for more only while other requests for the model are still being received (the
+server counts them in `arriving`): a lone request, or a batch that already holds every request
+in flight, runs at once. Rows are stacked, run once, and each caller gets back exactly its own
+rows. One batch runs at a time per model while the next one gathers, so under load the batch
+grows and the per-call overhead is shared.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None  # a request that did not fit the last batch
-        self._last_requests = 0  # requests in the last call
+        self.arriving = 0  # requests for this model being received and parsed right now
+        self._busy = False  # a call is running
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._loop())
@@ -62,7 +64,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish what is queued, then end the worker (graceful shutdown)."""
-        while not self._queue.empty() or self._carry is not None:
+        while not self._queue.empty() or self._carry is not None or self._busy:
             await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()
@@ -72,22 +74,25 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             batch = await self._gather()
-            await self._run(batch)
+            self._busy = True
+            try:
+                await self._run(batch)
+            finally:
+                self._busy = False
 
     async def _gather(self) -> list[_Pending]:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], first.rows
-        # wait for company only under concurrent load (the last call was shared): a lone
-        # request runs at once, so batching costs nothing at concurrency 1
-        wait = self.max_wait if self._last_requests > 1 else 0.0
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + self.max_wait
         while rows < self.max_batch:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                # wait only for requests already being received: a lone request, or a batch
+                # that holds every request in flight, runs at once
+                if left <= 0 or self.arriving <= 0:
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), left)
@@ -98,7 +103,6 @@ class Batcher:
                 break
             batch.append(item)
             rows += item.rows
-        self._last_requests = len(batch)
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
