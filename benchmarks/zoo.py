@@ -201,7 +201,7 @@ def machine() -> str:
 
     return (
         f"{platform.node()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, CPU only"
+        f"(torch threads: {torch.get_num_threads()}), CPU only"
     )
 
 
@@ -210,7 +210,7 @@ def write(rows: list[Row], update_readme: bool, note: str = "") -> None:
     store = RESULTS / "zoo.json"
     kept = {r["pipeline"]: r for r in (json.loads(store.read_text()) if store.exists() else [])}
     kept.update({r.pipeline: asdict(r) for r in rows})
-    ordered = [Row(**kept[k]) for k in sorted(kept, key=_order)]
+    ordered = sorted((Row(**r) for r in kept.values()), key=_order)
     store.write_text(json.dumps([asdict(r) for r in ordered], indent=1) + "\n")
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = (
@@ -234,11 +234,11 @@ def write(rows: list[Row], update_readme: bool, note: str = "") -> None:
             README.write_text(f"{head}{START}\n{body}{END}{tail}")
 
 
-def _order(name: str) -> tuple[int, str]:
+def _order(row: Row) -> tuple[int, str]:
+    """By family, in the order of FAMILIES, then by pipeline name."""
     families = list(FAMILIES.values())
-    spec_family = next((f for k, f in FAMILIES.items() if k in name), "")
-    rank = families.index(spec_family) if spec_family in families else len(families)
-    return rank, name
+    rank = families.index(row.family) if row.family in families else len(families)
+    return rank, row.pipeline
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -179,7 +179,7 @@ def test_images_plugin_reads_the_shipped_example_folder() -> None:
     assert Path(spec.data.params["path"]) == EXAMPLE.resolve()
     data = datasets.create("images").load(spec.data_config(), seed=0)
     assert data.spec.class_names == ("circle", "square", "triangle")
-    assert data.spec.input_shape == (1, 16, 16) and data.spec.task == "classification"
+    assert data.spec.input_shape == (1, 24, 24) and data.spec.task == "classification"
     total = len(data.train) + len(data.val) + len(data.test)
     assert total == 120 and len(data.test) == 24
     assert data.train.x.dtype == np.float32 and 0 <= data.train.x.min() <= data.train.x.max() <= 1
