@@ -138,6 +138,7 @@ def bare_ray(
 
 def _bare_worker(config: dict[str, Any]) -> None:
     import lightning as L
+    import ray.train
     import torch
     import torch.nn.functional as F
     from ray.train.lightning import (
@@ -197,7 +198,7 @@ def _bare_worker(config: dict[str, Any]) -> None:
         return DataLoader(dataset, batch_size=t.batch_size, shuffle=shuffle)
 
     logger: Any = False
-    if config["tracking_uri"]:
+    if config["tracking_uri"] and ray.train.get_context().get_world_rank() == 0:  # as Ray's guide
         from lightning.pytorch.loggers import MLFlowLogger
 
         from plexa.tracking import flatten
