@@ -23,6 +23,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # an earlier in-process run may have set another store
+    # and another experiment, which mlflow.set_experiment keeps in the process and environment
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("PLEXA_RUNS_DIR", str(tmp_path / "plexa-runs"))
     monkeypatch.delenv("PLEXA_RUN_DIR", raising=False)
     return tmp_path

@@ -111,6 +111,8 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     restored = tune.get_checkpoint()
     uri = setup["uri"]
+    # this process may be a Ray worker started for another store: name the sweep's
+    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     done = finished_run(client, setup, trial_id)
     if done is not None:  # finished just before an interruption, before Tune heard of it
