@@ -434,6 +434,10 @@ NOTES = (
     "`ray.train.report` (RayTrainReportCallback's) waits for the previous one to be collected. "
     "plexa reports with checkpoint_upload_mode=ASYNC and a snapshot of the checkpoint, so its "
     "epochs are not held. `epoch_seconds` ends before the report and shows neither.",
+    "For plexa's Ray runs the MLflow timestamps of `epoch_seconds` are the driver's: rank zero "
+    "announces each epoch and a driver thread, polling every 0.1 s, logs it. Their epoch-to-epoch "
+    "column therefore shows the relay's cadence, not the workers'; `s/epoch` is the workers' "
+    "own measure.",
     "Start-up of a Ray run includes starting Ray itself (GCS and raylet, no dashboard), the "
     "Train controller actor and the worker actors, each a new Python process importing torch on "
     "the same 2 cores.",
