@@ -358,6 +358,14 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- mlflow
 
 
+def export_and_log(
+    module: nn.Module, spec: PipelineSpec, data: DataSplits, folder: Path, run_id: str | None
+) -> ExportResult:
+    """Export a trained model with the parity check and log (and register) it to the active
+    MLflow run: the last step of every runner."""
+    return log_onnx(export_onnx(module, spec, data, folder, run_id), spec, data.spec)
+
+
 def log_onnx(result: ExportResult, spec: PipelineSpec, data_spec: DataSpec) -> ExportResult:
     """Log the export to the active MLflow run as a pyfunc-loadable ONNX model.
 

@@ -270,7 +270,7 @@ def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
 
     from plexa import tracking
     from plexa.config import validate
-    from plexa.export import export_onnx, log_onnx
+    from plexa.export import export_and_log
 
     run = tracking.get_run(run_id, tracking_uri)
     raw = yaml.safe_load(tracking.logged_pipeline(run_id, tracking_uri))
@@ -285,8 +285,7 @@ def export_run(run_id: str, tracking_uri: str | None = None) -> ExportResult:
         ckpt = _checkpoint(run_id, run_dir, "last")
     _load(module, ckpt)
     with tracking.reopen(run_id, spec.tracking.uri):
-        result = export_onnx(arch.export_module(net), spec, data, run_dir / "export", run_id)
-        return log_onnx(result, spec, data.spec)
+        return export_and_log(arch.export_module(net), spec, data, run_dir / "export", run_id)
 
 
 def _log_setup(tracker: Tracker, module: Any, data: DataSplits, run_dir: Path) -> None:

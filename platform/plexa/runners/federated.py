@@ -84,14 +84,13 @@ def run(
         orchestrator._log_results(tracker, net, data)
         exported = None
         if spec.export.onnx:
-            from plexa.export import export_onnx, log_onnx
+            from plexa.export import export_and_log
             from plexa.plugins import architectures
 
             arch = architectures.create(spec.model.plugin)
-            exported = export_onnx(
+            exported = export_and_log(
                 arch.export_module(net), spec, data, run_dir / "export", tracker.run_id
             )
-            exported = log_onnx(exported, spec, data.spec)
 
     return RunResult(
         pipeline=spec.name,

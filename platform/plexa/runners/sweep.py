@@ -372,14 +372,13 @@ def _finish_best(spec: PipelineSpec, tracker: Tracker, run_dir: Path, best: Tria
         tracker.log_artifact(checkpoint, "checkpoints")
     exported = None
     if spec.export.onnx:
-        from plexa.export import export_onnx, log_onnx
+        from plexa.export import export_and_log
 
         arch, data, net, module = assemble(best_spec)
         _load(module, checkpoint)
-        exported = export_onnx(
+        exported = export_and_log(
             arch.export_module(net), best_spec, data, run_dir / "export", tracker.run_id
         )
-        exported = log_onnx(exported, spec, data.spec)
     return RunResult(
         pipeline=spec.name,
         run_id=tracker.run_id,
