@@ -12,10 +12,10 @@ import contextlib
 import hmac
 import logging
 import os
+import random
 import re
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 import plexa
 from plexa.serving import protocol
-from plexa.serving.logs import request_id
+from plexa.serving.logs import access, request_id
 from plexa.serving.metrics import Metrics
 from plexa.serving.options import ServeOptions
 from plexa.serving.protocol import BadRequest
@@ -142,7 +142,7 @@ def create_app(targets: list[Target], options: ServeOptions | None = None) -> Fa
         yield
         await state.stop()
 
-    app = FastAPI(
+    app = _App(
         title="plexa serve",
         version=plexa.__version__,
         lifespan=lifespan,
@@ -171,9 +171,17 @@ def create_app(targets: list[Target], options: ServeOptions | None = None) -> Fa
         return _error(f"internal error; request id {request_id.get()}", 500)
 
     _routes(app, state)
-    app.add_middleware(InferPath, state=state)  # inner: the hot path skips FastAPI's routing
-    app.add_middleware(Gate, state=state)
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with plexa's gate and infer path outermost: the protocol's hot path skips
+    Starlette's error and exception middleware and routing; every other route goes through
+    them as usual."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        state = self.state.plexa
+        return Gate(InferPath(super().build_middleware_stack(), state), state)
 
 
 def _routes(app: FastAPI, state: State) -> None:
@@ -365,7 +373,7 @@ class Gate:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        rid = given if _CLIENT_ID.match(given) else uuid.uuid4().hex[:16]
+        rid = given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
         token = request_id.set(rid)
         status = 500
         response_started = False
@@ -405,9 +413,8 @@ class Gate:
             seconds = time.perf_counter() - started
             in_flight.dec()
             self.state.metrics.observe(route, status, seconds)
-            log.info(
-                "%s %s %s %d %.1fms", rid, scope["method"], scope["path"], status, seconds * 1000
-            )
+            line = f"{rid} {scope['method']} {scope['path']} {status} {seconds * 1e3:.1f}ms"
+            access(log, rid, line)
             request_id.reset(token)
 
     def _refuse(self, path: str, headers: dict[str, str]) -> tuple[str, int] | None:

@@ -3,7 +3,7 @@ apart): requests, latency, batch sizes, errors."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -46,11 +46,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-        if status >= 400:
-            self.errors.labels(route, str(status)).inc()
+        # `labels()` looks the child up under a lock; routes and statuses are few, keep them
+        children = self._children.get((route, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, str(status)),
+                self.latency.labels(route),
+                self.errors.labels(route, str(status)) if status >= 400 else None,
+            )
+            self._children[(route, status)] = children
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
