@@ -346,6 +346,8 @@ class Row:
 
 
 def _ratio(rows: dict[str, Row], name: str, base: str, attr: str, best: bool = False) -> float:
+    if name not in rows or base not in rows:  # left out with --only
+        return float("nan")
     if best:
         return rows[name].best(attr) / rows[base].best(attr)
     return rows[name].med(attr) / rows[base].med(attr)
@@ -479,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra override for every run, e.g. train.batch_size=32")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.md"))
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only the configurations whose name contains TEXT (repeatable)")  # fmt: skip
     p.add_argument("--bare-ray", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
     p.add_argument("--tracked", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -489,17 +493,20 @@ def main(argv: list[str] | None = None) -> None:
         bare_ray(args.bare_ray, pipeline, args.epochs, args.set, args.tracked)
         return
 
+    configs = [c for c in CONFIGS if not args.only or any(t in c.name for t in args.only)]
+    if not configs:
+        p.error(f"--only matches no configuration; they are: {', '.join(c.name for c in CONFIGS)}")
     cores = os.cpu_count() or 1
     print(
         f"{cores} CPU cores: 2 processes or workers get about one core each "
-        f"({len(CONFIGS)} configurations x {args.repeats} repeats, {args.epochs} epochs each)",
+        f"({len(configs)} configurations x {args.repeats} repeats, {args.epochs} epochs each)",
         flush=True,
     )
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    rows = {c.name: Row(c, []) for c in CONFIGS}
+    rows = {c.name: Row(c, []) for c in configs}
     for rep in range(args.repeats):
-        for cfg in CONFIGS:
+        for cfg in configs:
             m = measure(cfg, pipeline, args.epochs, args.set)
             rows[cfg.name].runs.append(m)
             print(

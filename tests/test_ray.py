@@ -137,3 +137,42 @@ def test_one_gpu_worker_trains_an_epoch(workdir: Path) -> None:
     # the worker's Lightning trainer ran on the GPU Ray gave it
     tags = mlflow.MlflowClient().get_run(result.run_id).data.tags
     assert tags["plexa.device"].startswith("cuda"), tags
+
+
+def test_sigterm_ends_a_ray_run_like_ctrl_c_and_leaves_no_ray_process(workdir: Path) -> None:
+    """`ray.init` installs a SIGTERM handler that stops Ray's daemons but leaves the training
+    workers running; plexa hands SIGTERM to Ctrl-C's path instead."""
+    import subprocess
+
+    import psutil
+
+    from .conftest import BIN
+
+    overrides = ["compute.runner=ray", "compute.workers=1", "train.max_epochs=500"]
+    process = subprocess.Popen(
+        [str(BIN / "plexa"), "run", str(PIPELINES / "digits-mlp.yaml"), *overrides],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # until training is under way on the Ray worker
+            if line.startswith("epoch   2/"):
+                break
+        ray_processes = psutil.Process(process.pid).children(recursive=True)
+        assert any("RayTrainWorker" in " ".join(p.cmdline()) for p in ray_processes)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-2000:]  # plexa's exit code for an interrupted run
+    assert "interrupted" in output
+    saved = output.split("last checkpoint ")[1].split()[0]  # what `--resume` continues from
+    assert saved.endswith("last.ckpt") and Path(saved).exists()
+    _, alive = psutil.wait_procs(ray_processes, timeout=30)
+    assert not alive, f"left running: {[p.cmdline()[:1] for p in alive]}"
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["KILLED"]

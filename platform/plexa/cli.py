@@ -663,6 +663,9 @@ def sync(
 
 
 def main() -> None:
+    from plexa.interrupts import sigterm_as_ctrl_c
+
+    sigterm_as_ctrl_c()
     app()
 
 

@@ -4,7 +4,8 @@ cluster.
 This module imports nothing heavy at the top: Ray's Train controller unpickles `_worker` by
 importing it, and torch and Lightning there would only delay the workers' start.
 
-Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own, a
+Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own
+(with more than one worker; one trains as Lightning alone would), a
 hook hands each saved checkpoint to Ray (so a restarted worker group resumes from it), and rank
 zero announces each epoch to the driver, which logs it to its MLflow run (`epoch_relay`). Model
 and task code are untouched.
@@ -17,11 +18,13 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import ComputeSpec, PipelineSpec
+from plexa.interrupts import sigterm_as_ctrl_c
 
 if TYPE_CHECKING:
     import lightning as L
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from plexa.runners.local import Trained
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
+# how often Ray Train's controller collects a report from each worker (Ray's own setting, which
+# it passes on from the driver to the controller and the workers)
+POLL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 
 def _ray() -> Any:
@@ -43,6 +49,13 @@ def _ray() -> Any:
 def connect(compute: ComputeSpec) -> bool:
     """Join `compute.address` (or RAY_ADDRESS); with neither, start Ray in this process sized
     to the machine. True when it started Ray here, so the caller shuts it down."""
+    try:
+        return _connect(compute)
+    finally:
+        sigterm_as_ctrl_c()  # `ray.init` put in a handler of its own
+
+
+def _connect(compute: ComputeSpec) -> bool:
     ray = _ray()
     address = compute.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
@@ -92,6 +105,7 @@ def run(
     from ray.train.torch import TorchTrainer
 
     from plexa.plugins import architectures, datasets
+    from plexa.runners import RunInterrupted
     from plexa.runners.local import Trained
 
     c = spec.compute
@@ -128,6 +142,10 @@ def run(
     try:
         with Relay(run_id, tracking_uri, sinks or [_print_epoch]):
             result = trainer.fit()
+    except (SystemExit, KeyboardInterrupt):
+        # Ctrl-C (or SIGTERM, plexa.interrupts) went to Ray Train's handler, which aborted the
+        # controller and its workers; the driver's wait for them then ends in SystemExit
+        raise RunInterrupted(None, _latest_checkpoint(run_dir)) from None
     finally:
         # Ray Train leaves its own Ctrl-C handler behind, aimed at a controller that is gone
         if threading.current_thread() is threading.main_thread():
@@ -147,6 +165,12 @@ def run(
     best = local / "best.ckpt" if (local / "best.ckpt").exists() else local / "last.ckpt"
     metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))}
     return Trained(None, metrics, best, local / "last.ckpt")
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """The last checkpoint rank zero handed to Ray, which `--resume` continues from."""
+    found = list((run_dir / "ray").glob("*/checkpoint_*/last.ckpt"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -197,15 +221,25 @@ def _worker(config: dict[str, Any]) -> None:
 
         callbacks.append(DeviceTag())
 
+    last_report = [float("-inf")]
+
     def hand_to_ray(trainer: L.Trainer) -> None:
         """Every rank reports; rank zero's checkpoints go to the run's storage.
 
-        The upload runs in the background: a synchronous report waits for the controller's
-        next poll (seconds), which would stall every epoch. Rank zero hands Ray a snapshot, since
-        the next epoch overwrites the checkpoint folder while the upload may still be going.
+        Ray Train's controller takes one report per worker each poll (every
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default), so reports are handed over at most
+        that often, after the first epoch: short epochs would otherwise queue a report (and a
+        checkpoint copy) per epoch, which the run then waits out at its end, one poll each. Rank
+        zero decides and every rank follows, since reports are collective. The upload runs in the
+        background (a synchronous report waits for the next poll), on a snapshot, since the next
+        epoch overwrites the checkpoint folder while the upload may still be going.
         """
         from ray.train import CheckpointUploadMode
 
+        now = time.monotonic()
+        if not trainer.strategy.broadcast(now - last_report[0] >= POLL_S, src=0):
+            return
+        last_report[0] = now
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["epoch"] = trainer.current_epoch
         checkpoint = None
@@ -223,6 +257,16 @@ def _worker(config: dict[str, Any]) -> None:
 
     _, data, _, module = assemble(spec)
     use_gpu = spec.compute.gpus_per_worker > 0
+    placement: dict[str, Any] = {"accelerator": "gpu" if use_gpu else "cpu"}
+    if context.get_world_size() > 1:
+        placement.update(
+            devices="auto",
+            strategy=RayDDPStrategy(),
+            plugins=[RayLightningEnvironment()],
+            prepare=prepare_trainer,
+        )
+    else:  # nothing to synchronise: DDP's gradient hooks would only cost time (8% a step here)
+        placement.update(devices=1)
     trained = fit_and_test(
         spec,
         data,
@@ -233,11 +277,7 @@ def _worker(config: dict[str, Any]) -> None:
         callbacks=callbacks,
         resume_from=resume_from,
         after_save=[hand_to_ray],
-        prepare=prepare_trainer,
-        accelerator="gpu" if use_gpu else "cpu",
-        devices="auto",
-        strategy=RayDDPStrategy(),
-        plugins=[RayLightningEnvironment()],
+        **placement,
     )
     final = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoints")) if rank == 0 else None
     ray.train.report(trained.metrics, checkpoint=final)
