@@ -67,12 +67,27 @@ class Config:
     workers: int
     kind: str  # "plexa", "bare" or "bare-mlflow"
     overrides: tuple[str, ...] = ()
+    threads: int | None = None  # torch threads per process; None: the cores shared out
 
 
 CONFIGS = (
     Config("local, 1 process", 1, "plexa", ("compute.accelerator=cpu", "compute.devices=1")),
+    Config(
+        "local, 1 process, 1 thread",
+        1,
+        "plexa",
+        ("compute.accelerator=cpu", "compute.devices=1"),
+        threads=1,
+    ),
     Config("local DDP, 2 processes", 2, "plexa", ("compute.accelerator=cpu", "compute.devices=2")),
     Config("plexa Ray, 1 worker", 1, "plexa", ("compute.runner=ray", "compute.workers=1")),
+    Config(
+        "plexa Ray, 1 worker, 1 CPU",
+        1,
+        "plexa",
+        ("compute.runner=ray", "compute.workers=1"),
+        threads=1,
+    ),
     Config("plexa Ray, 2 workers", 2, "plexa", ("compute.runner=ray", "compute.workers=2")),
     Config("bare Ray Train, 1 worker", 1, "bare"),
     Config("bare Ray Train, 2 workers", 2, "bare"),
@@ -243,14 +258,19 @@ def _command(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> l
     plexa = str(Path(sys.executable).with_name("plexa"))
     fixed = ["export.onnx=false", f"train.max_epochs={epochs}"]
     if "compute.runner=ray" in cfg.overrides:
-        fixed.append(f"compute.cpus_per_worker={_cpus_per_worker(cfg.workers)}")
+        fixed.append(f"compute.cpus_per_worker={cfg.threads or _cpus_per_worker(cfg.workers)}")
     return [plexa, "run", pipeline, *fixed, *cfg.overrides, *overrides]
 
 
-def _launch(command: list[str], folder: Path) -> tuple[float, float | None, float, int, list[str]]:
+def _launch(
+    command: list[str], folder: Path, threads: int | None = None
+) -> tuple[float, float | None, float, int, list[str]]:
     """Run `command` in `folder`; return its Popen wall-clock time, the seconds to the first
-    epoch line, the seconds to exit, the exit code, and its output."""
+    epoch line, the seconds to exit, the exit code, and its output. `threads` sets the local
+    runner's torch threads (OMP_NUM_THREADS; Ray sets it from cpus_per_worker itself)."""
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     env.pop("RAY_ADDRESS", None)  # embedded Ray in every run, never someone's cluster
     env.update(
         PYTHONUNBUFFERED="1",
@@ -307,7 +327,7 @@ def measure(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> Me
     with tempfile.TemporaryDirectory(prefix="plexa-scaling-") as tmp:
         folder = Path(tmp)
         command = _command(cfg, pipeline, epochs, overrides)
-        launched_at, first, total, code, lines = _launch(command, folder)
+        launched_at, first, total, code, lines = _launch(command, folder, cfg.threads)
         if code != 0 or first is None:
             tail = "".join(lines[-40:])
             raise RuntimeError(f"{cfg.name}: exit code {code}\n$ {' '.join(command)}\n{tail}")
@@ -358,6 +378,12 @@ def _threads(row: Row, cores: int) -> str:
     c = row.cfg
     if c.kind.startswith("bare"):
         return str(row.runs[0].threads)
+    if c.threads is not None:
+        return (
+            f"{c.threads} (OMP_NUM_THREADS)"
+            if c.name.startswith("local")
+            else (f"{c.threads} (compute.cpus_per_worker)")
+        )
     if c.name.startswith("local"):
         # torch's default is one per core; Lightning's DDP sets cores // processes
         return str(max(1, cores // c.workers)) if c.workers > 1 else f"{cores} (torch default)"
@@ -374,8 +400,9 @@ def _markdown(meta: dict[str, str], rows: dict[str, Row], goals: list[str], core
         "bare job prints the same span). epoch-to-epoch: per run, the median wall time between",
         "consecutive epoch ends (epochs 2..N), which adds what happens between epochs (for Ray,",
         "handing the checkpoint to Ray Train). vs local: over the local runner's figure at the",
-        "same worker count (1 process, or DDP over 2). start-up: wall time from launching the",
-        "subprocess to its first `epoch 1` line on stdout (imports, data, MLflow, Ray and its",
+        "same worker count (1 process, or DDP over 2; the 1-thread local run for 1 thread).",
+        "start-up: wall time from launching the subprocess to its first `epoch 1` line on",
+        "stdout (imports, data, MLflow, Ray and its",
         "workers, and one whole epoch); stamp: the same, ended by the in-process time epoch 1",
         "finished (not delayed by Ray's log forwarding). total: launch to exit.",
         "",
@@ -385,6 +412,8 @@ def _markdown(meta: dict[str, str], rows: dict[str, Row], goals: list[str], core
     ]
     for name, row in rows.items():
         local = LOCAL_AT[row.cfg.workers]
+        if row.cfg.threads == 1 and row.cfg.workers == 1:
+            local = "local, 1 process, 1 thread"
         lines.append(
             f"| {name} | {row.cfg.workers} | {_threads(row, cores)} "
             f"| {row.med('epoch_s'):.4f} | {_ratio(rows, name, local, 'epoch_s'):.2f}x "
@@ -456,6 +485,16 @@ def _goals(rows: dict[str, Row]) -> list[str]:
                 f"{label}, plexa Ray / {LOCAL_AT[n]} at {n} worker(s): {ratio:.2f}x "
                 f"[{best:.2f}x] (goal: at most 1.05x)"
             )
+    one_thread = ("plexa Ray, 1 worker, 1 CPU", "local, 1 process, 1 thread")
+    if all(name in rows for name in one_thread):
+        ratio, best = (
+            _ratio(rows, *one_thread, "epoch_s"),
+            _ratio(rows, *one_thread, "epoch_s", True),
+        )
+        out.append(
+            f"s/epoch, {one_thread[0]} / {one_thread[1]}: {ratio:.2f}x [{best:.2f}x] "
+            "(the same goal with a core left for Ray's own processes)"
+        )
     for n in (1, 2):
         for bases, goal in ((TRACKED_RAY_AT, "; goal: under 1.10x"), (BARE_RAY_AT, "")):
             ratio = _ratio(rows, PLEXA_RAY_AT[n], bases[n], "startup_s")
@@ -482,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="an extra override for every run, e.g. train.batch_size=32")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.md"))
     p.add_argument("--only", action="append", default=[], metavar="TEXT",
-                   help="run only the configurations whose name contains TEXT (repeatable)")  # fmt: skip
+                   help="only the configurations whose name holds TEXT (repeatable)")  # fmt: skip
     p.add_argument("--bare-ray", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
     p.add_argument("--tracked", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
