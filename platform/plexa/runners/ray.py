@@ -14,6 +14,7 @@ and task code are untouched.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -101,6 +102,7 @@ def run(
     connected, and started Ray itself (True) or not; None: connect here. `sinks` get each
     epoch rank zero announces (the default prints it), here in the driver."""
     ray = _ray()
+    from ray import cloudpickle
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -115,9 +117,15 @@ def run(
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "run_dir": str(run_dir),
-        # plugins registered in this process (decorators) travel with the job
-        "plugins": (architectures.get(spec.model.plugin), datasets.get(spec.data.plugin)),
-        "callbacks": list(callbacks),
+        # plugins registered in this process (decorators) travel with the job, as bytes that
+        # only the workers unpickle: unpickled, they would import torch and Lightning into
+        # Ray Train's controller too, seconds of its start-up before any worker starts
+        "payload": cloudpickle.dumps(
+            {
+                "plugins": (architectures.get(spec.model.plugin), datasets.get(spec.data.plugin)),
+                "callbacks": list(callbacks),
+            }
+        ),
     }
     resources = {"CPU": c.cpus_per_worker, "GPU": c.gpus_per_worker}
     trainer = TorchTrainer(
@@ -184,7 +192,8 @@ def _worker(config: dict[str, Any]) -> None:
     from plexa.runners.local import fit_and_test
 
     quiet_libraries()
-    arch_cls, data_cls = config["plugins"]
+    payload = pickle.loads(config["payload"])
+    arch_cls, data_cls = payload["plugins"]
     for registry, cls in ((architectures, arch_cls), (datasets, data_cls)):
         if cls.name not in registry.names():
             registry.register(cls.name, cls)
@@ -200,7 +209,7 @@ def _worker(config: dict[str, Any]) -> None:
             resume_from = Path(tempfile.mkdtemp(prefix="plexa-resume-")) / "last.ckpt"
             shutil.copy2(Path(folder) / "last.ckpt", resume_from)
 
-    sinks, callbacks = [], list(config["callbacks"])
+    sinks, callbacks = [], list(payload["callbacks"])
     if rank == 0:
         import lightning as L
         import torch
