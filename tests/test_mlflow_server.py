@@ -164,7 +164,9 @@ def test_a_pipeline_logs_everything_to_the_server(
         connection.close()
 
 
+@pytest.mark.parametrize("runner", ["local", "ray"])
 def test_a_server_that_dies_mid_run_loses_nothing(
+    runner: str,
     server: MlflowServer,
     workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -173,7 +175,8 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     """The README's promise: the server is killed after the first epoch; training finishes,
     the run goes on in the local offline store (complete: every epoch, the ONNX model, its
     registered version), plexa prints the `plexa sync` command, and that exact command copies
-    it into the server's run once the server is back."""
+    it into the server's run once the server is back. On Ray the epochs reach the run through
+    the driver's relay, which must fail over with it."""
     import mlflow
 
     import plexa as plexa_api
@@ -184,10 +187,12 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     # fail over after one failed request instead of MLflow's default ~4 minutes of retries
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    experiment, model = f"failover-{runner}", f"wine-failover-{runner}"
+    placement = ["compute.runner=ray", "compute.workers=1"] if runner == "ray" else []
     spec = plexa_api.load_pipeline(
         WINE,
-        [*TINY, "train.max_epochs=3", f"tracking.uri={server.url}",
-         "tracking.experiment=failover", "export.register_as=wine-failover"],
+        [*TINY, "train.max_epochs=3", f"tracking.uri={server.url}", *placement,
+         f"tracking.experiment={experiment}", f"export.register_as={model}"],
     )  # fmt: skip
 
     def kill_server_after_first_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -212,12 +217,12 @@ def test_a_server_that_dies_mid_run_loses_nothing(
 
     # nothing lost: the offline store holds the whole run, registered model included
     offline = mlflow.MlflowClient(offline_uri())
-    local = _only_run(offline, "failover")
+    local = _only_run(offline, experiment)
     assert local.data.tags[REMOTE_RUN_TAG] == result.run_id
     assert local.info.status == "FINISHED"
     assert _steps(offline, local.info.run_id, "val/loss") == [0, 1, 2]
     assert local.data.params["train.max_epochs"] == "3"
-    versions = offline.search_model_versions("name = 'wine-failover'")
+    versions = offline.search_model_versions(f"name = '{model}'")
     assert [str(v.version) for v in versions] == ["1"]
 
     # the printed command syncs the run into the server's run
@@ -226,7 +231,7 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     synced = plexa(*shlex.split(command)[1:], cwd=workdir)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert f"-> run {result.run_id} on {server.url}" in synced.stdout
-    assert "models:/wine-failover/1" in synced.stdout
+    assert f"models:/{model}/1" in synced.stdout
 
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -237,9 +242,9 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     assert "checkpoints/best.ckpt" in paths
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert "plots/learning_curves.png" in plots
-    versions = client.search_model_versions("name = 'wine-failover'")
+    versions = client.search_model_versions(f"name = '{model}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", result.run_id)]
-    _predicts(server.url, "models:/wine-failover/1")
+    _predicts(server.url, f"models:/{model}/1")
 
     again = _cli(*shlex.split(command)[1:])  # in process: no second start-up to pay for
     assert again.exit_code == 0 and "nothing to sync" in again.stdout, again.stdout

@@ -4,6 +4,7 @@ each command so `plexa --help` answers at once."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -600,6 +601,9 @@ def serve(
             soft_wrap=True,
         )
     console.print(f"[bold]plexa serve[/bold] on {where} (page: {where}/, Ctrl-C stops it)")
+    # uvicorn answers SIGTERM itself (every request in flight is finished), then raises it
+    # again for the default action: the process ends by the signal, as servers do
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         run_server(targets, host, port, options, ray=ray, replicas=replicas,
                    tracking_uri=tracking_uri)

@@ -137,8 +137,7 @@ def _tracked_run(
                 trained = ray.run(
                     spec,
                     run_dir,
-                    run_id=tracker.run_id,
-                    tracking_uri=tracker.active_uri,  # a local store once the server failed
+                    tracker=tracker,
                     callbacks=callbacks,
                     resume_from=resume_from,
                     owns_ray=owns_ray,

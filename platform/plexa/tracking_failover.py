@@ -208,6 +208,7 @@ class FailoverTracker(Tracker):
 
     def _guarded(self, what: str, action: Any) -> Any:
         self._check_pending()
+        self._follow_failover()
         try:
             return action()
         except Exception as exc:
@@ -215,6 +216,23 @@ class FailoverTracker(Tracker):
                 raise
             self._fail_over(exc, what)
             return action()
+
+    def _follow_failover(self) -> None:
+        """MLflow keeps a stack of active runs per thread: after a failover in another thread
+        (the Ray runner's epoch relay), this thread still holds the server's run, so its fluent
+        calls (figures, checkpoints, the model) would go to a run the local store lacks."""
+        if not self.offline:
+            return
+        import mlflow
+        from mlflow.tracking import fluent
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.offline_run_id:
+            return
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == self.run_id:
+            stack.pop()
+        mlflow.start_run(run_id=self.offline_run_id, log_system_metrics=False)
 
     def _flush(self) -> None:
         import mlflow

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plexa.tracking import Tracker
 
 NAMESPACE = "plexa"
 POLL_S = 0.1
@@ -42,10 +45,13 @@ def publisher(run_id: str) -> tuple[EpochSink, Callable[[dict[str, str]], None]]
 
 
 class Relay:
-    """The driver's side: polls for announcements while Ray Train runs, then drains them."""
+    """The driver's side: polls for announcements while Ray Train runs, then drains them.
 
-    def __init__(self, run_id: str, uri: str, sinks: Sequence[EpochSink]) -> None:
-        self.run_id, self.uri, self.sinks = run_id, uri, list(sinks)
+    Tags and the epochs already logged go through the run's tracker, like the metrics (its
+    epoch sink), so a run that failed over to the local store goes on there."""
+
+    def __init__(self, tracker: Tracker, sinks: Sequence[EpochSink]) -> None:
+        self.run_id, self.tracker, self.sinks = tracker.run_id, tracker, list(sinks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="plexa-epoch-relay", daemon=True)
         self._logged: set[int] | None = None
@@ -102,15 +108,9 @@ class Relay:
     def _already_logged(self) -> set[int]:
         """Epochs the run holds already: none for a new run, some for `--resume`."""
         if self._logged is None:
-            import mlflow
-
-            history = mlflow.MlflowClient(self.uri).get_metric_history(self.run_id, "global_step")
-            self._logged = {m.step for m in history}
+            steps = self.tracker.history(["global_step"])["global_step"]
+            self._logged = {step for step, _ in steps}
         return self._logged
 
     def _set_tags(self, tags: dict[str, str]) -> None:
-        import mlflow
-
-        client = mlflow.MlflowClient(self.uri)
-        for key, value in tags.items():
-            client.set_tag(self.run_id, key, value)
+        self.tracker.set_tags(tags)

@@ -4,11 +4,11 @@ cluster.
 This module imports nothing heavy at the top: Ray's Train controller unpickles `_worker` by
 importing it, and torch and Lightning there would only delay the workers' start.
 
-Only placement changes: Ray's DDP strategy and cluster environment replace Lightning's own
-(with more than one worker; one trains as Lightning alone would), a
-hook hands each saved checkpoint to Ray (so a restarted worker group resumes from it), and rank
-zero announces each epoch to the driver, which logs it to its MLflow run (`epoch_relay`). Model
-and task code are untouched.
+Only placement changes: with more than one worker Ray's DDP strategy and cluster environment
+replace Lightning's own (one worker trains as Lightning alone would), a hook hands saved
+checkpoints to Ray (so a restarted worker group resumes from the last), and rank zero announces
+each epoch to the driver, which logs it to its MLflow run (`epoch_relay`). Model and task code
+are untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from plexa.runners.local import Trained
+    from plexa.tracking import Tracker
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
 # how often Ray Train's controller collects a report from each worker (Ray's own setting, which
@@ -88,14 +89,13 @@ def run(
     spec: PipelineSpec,
     run_dir: Path,
     *,
-    run_id: str,
-    tracking_uri: str,
+    tracker: Tracker,
     callbacks: Sequence[L.Callback] = (),
     resume_from: Path | None = None,
     owns_ray: bool | None = None,
     sinks: Sequence[Callable[[int, dict[str, float]], None]] = (),
 ) -> Trained:
-    """Train on `compute.workers` Ray Train workers; rank zero logs every epoch to `run_id`.
+    """Train on `compute.workers` Ray Train workers; rank zero's epochs reach `tracker`'s run.
 
     Returns the test metrics and the best and last checkpoints, copied to `run_dir`; the
     caller builds its own model from them (`module` is None). `owns_ray`: the caller already
@@ -114,8 +114,7 @@ def run(
     embedded = connect(c) if owns_ray is None else owns_ray
     config = {
         "spec": spec.model_dump(mode="json"),
-        "run_id": run_id,
-        "tracking_uri": tracking_uri,
+        "run_id": tracker.run_id,
         "run_dir": str(run_dir),
         # plugins registered in this process (decorators) travel with the job, as bytes that
         # only the workers unpickle: unpickled, they would import torch and Lightning into
@@ -135,7 +134,7 @@ def run(
             num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=f"plexa-{run_id}",
+            name=f"plexa-{tracker.run_id}",
             storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=c.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -148,7 +147,7 @@ def run(
 
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with Relay(run_id, tracking_uri, sinks or [_print_epoch]):
+        with Relay(tracker, sinks or [_print_epoch]):
             result = trainer.fit()
     except (SystemExit, KeyboardInterrupt):
         # Ctrl-C (or SIGTERM, plexa.interrupts) went to Ray Train's handler, which aborted the
