@@ -70,24 +70,14 @@ class Config:
     threads: int | None = None  # torch threads per process; None: the cores shared out
 
 
+LOCAL_1T, PLEXA_RAY_1T = "local, 1 process, 1 thread", "plexa Ray, 1 worker, 1 CPU"
+
 CONFIGS = (
     Config("local, 1 process", 1, "plexa", ("compute.accelerator=cpu", "compute.devices=1")),
-    Config(
-        "local, 1 process, 1 thread",
-        1,
-        "plexa",
-        ("compute.accelerator=cpu", "compute.devices=1"),
-        threads=1,
-    ),
+    Config(LOCAL_1T, 1, "plexa", ("compute.accelerator=cpu", "compute.devices=1"), threads=1),
     Config("local DDP, 2 processes", 2, "plexa", ("compute.accelerator=cpu", "compute.devices=2")),
     Config("plexa Ray, 1 worker", 1, "plexa", ("compute.runner=ray", "compute.workers=1")),
-    Config(
-        "plexa Ray, 1 worker, 1 CPU",
-        1,
-        "plexa",
-        ("compute.runner=ray", "compute.workers=1"),
-        threads=1,
-    ),
+    Config(PLEXA_RAY_1T, 1, "plexa", ("compute.runner=ray", "compute.workers=1"), threads=1),
     Config("plexa Ray, 2 workers", 2, "plexa", ("compute.runner=ray", "compute.workers=2")),
     Config("bare Ray Train, 1 worker", 1, "bare"),
     Config("bare Ray Train, 2 workers", 2, "bare"),
@@ -269,7 +259,7 @@ def _launch(
     epoch line, the seconds to exit, the exit code, and its output. `threads` sets the local
     runner's torch threads (OMP_NUM_THREADS; Ray sets it from cpus_per_worker itself)."""
     env = dict(os.environ)
-    if threads is not None:
+    if threads is not None and "compute.runner=ray" not in command:
         env["OMP_NUM_THREADS"] = str(threads)
     env.pop("RAY_ADDRESS", None)  # embedded Ray in every run, never someone's cluster
     env.update(
@@ -379,11 +369,8 @@ def _threads(row: Row, cores: int) -> str:
     if c.kind.startswith("bare"):
         return str(row.runs[0].threads)
     if c.threads is not None:
-        return (
-            f"{c.threads} (OMP_NUM_THREADS)"
-            if c.name.startswith("local")
-            else (f"{c.threads} (compute.cpus_per_worker)")
-        )
+        source = "OMP_NUM_THREADS" if c.name.startswith("local") else "compute.cpus_per_worker"
+        return f"{c.threads} ({source})"
     if c.name.startswith("local"):
         # torch's default is one per core; Lightning's DDP sets cores // processes
         return str(max(1, cores // c.workers)) if c.workers > 1 else f"{cores} (torch default)"
@@ -411,9 +398,7 @@ def _markdown(meta: dict[str, str], rows: dict[str, Row], goals: list[str], core
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
-        local = LOCAL_AT[row.cfg.workers]
-        if row.cfg.threads == 1 and row.cfg.workers == 1:
-            local = "local, 1 process, 1 thread"
+        local = LOCAL_1T if row.cfg.threads == 1 else LOCAL_AT[row.cfg.workers]
         lines.append(
             f"| {name} | {row.cfg.workers} | {_threads(row, cores)} "
             f"| {row.med('epoch_s'):.4f} | {_ratio(rows, name, local, 'epoch_s'):.2f}x "
@@ -485,16 +470,12 @@ def _goals(rows: dict[str, Row]) -> list[str]:
                 f"{label}, plexa Ray / {LOCAL_AT[n]} at {n} worker(s): {ratio:.2f}x "
                 f"[{best:.2f}x] (goal: at most 1.05x)"
             )
-    one_thread = ("plexa Ray, 1 worker, 1 CPU", "local, 1 process, 1 thread")
-    if all(name in rows for name in one_thread):
-        ratio, best = (
-            _ratio(rows, *one_thread, "epoch_s"),
-            _ratio(rows, *one_thread, "epoch_s", True),
-        )
-        out.append(
-            f"s/epoch, {one_thread[0]} / {one_thread[1]}: {ratio:.2f}x [{best:.2f}x] "
-            "(the same goal with a core left for Ray's own processes)"
-        )
+    ratio = _ratio(rows, PLEXA_RAY_1T, LOCAL_1T, "epoch_s")
+    best = _ratio(rows, PLEXA_RAY_1T, LOCAL_1T, "epoch_s", best=True)
+    out.append(
+        f"s/epoch, {PLEXA_RAY_1T} / {LOCAL_1T}: {ratio:.2f}x [{best:.2f}x] "
+        "(the same goal with a core left for Ray's own processes)"
+    )
     for n in (1, 2):
         for bases, goal in ((TRACKED_RAY_AT, "; goal: under 1.10x"), (BARE_RAY_AT, "")):
             ratio = _ratio(rows, PLEXA_RAY_AT[n], bases[n], "startup_s")

@@ -51,7 +51,7 @@ class Relay:
     epoch sink), so a run that failed over to the local store goes on there."""
 
     def __init__(self, tracker: Tracker, sinks: Sequence[EpochSink]) -> None:
-        self.run_id, self.tracker, self.sinks = tracker.run_id, tracker, list(sinks)
+        self.tracker, self.sinks = tracker, list(sinks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="plexa-epoch-relay", daemon=True)
         self._logged: set[int] | None = None
@@ -67,7 +67,7 @@ class Relay:
         self._take()  # whatever rank zero announced after the thread's last look
         from ray.experimental.internal_kv import _internal_kv_del
 
-        _internal_kv_del(_prefix(self.run_id), del_by_prefix=True, namespace=NAMESPACE)
+        _internal_kv_del(_prefix(self.tracker.run_id), del_by_prefix=True, namespace=NAMESPACE)
         if self.error is not None and exc[0] is None:
             raise RuntimeError(f"logging the run's epochs failed: {self.error}") from self.error
 
@@ -86,7 +86,7 @@ class Relay:
             _internal_kv_list,
         )
 
-        keys = sorted(_internal_kv_list(_prefix(self.run_id), namespace=NAMESPACE))
+        keys = sorted(_internal_kv_list(_prefix(self.tracker.run_id), namespace=NAMESPACE))
         if not keys:
             return
         logged = self._already_logged()

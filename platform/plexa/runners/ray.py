@@ -229,7 +229,7 @@ def _worker(config: dict[str, Any]) -> None:
 
         callbacks.append(DeviceTag())
 
-    last_report = [float("-inf")]
+    last_report = float("-inf")
 
     def hand_to_ray(trainer: L.Trainer) -> None:
         """Every rank reports; rank zero's checkpoints go to the run's storage.
@@ -244,10 +244,11 @@ def _worker(config: dict[str, Any]) -> None:
         """
         from ray.train import CheckpointUploadMode
 
+        nonlocal last_report
         now = time.monotonic()
-        if not trainer.strategy.broadcast(now - last_report[0] >= POLL_S, src=0):
+        if not trainer.strategy.broadcast(now - last_report >= POLL_S, src=0):
             return
-        last_report[0] = now
+        last_report = now
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["epoch"] = trainer.current_epoch
         checkpoint = None

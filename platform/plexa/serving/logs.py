@@ -41,26 +41,26 @@ class BatchedStderr(logging.StreamHandler):
             self.flush()
 
     def write_line(self, name: str, rid: str, message: str) -> None:
-        """One INFO line in LOG_FORMAT, formatted here rather than by a LogRecord."""
+        """One INFO line in LOG_FORMAT, filled in here rather than through a LogRecord."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO [{rid}] {name}: {message}\n"
+        fields = {
+            "asctime": f"{self._stamp},{int((now - second) * 1000):03d}",
+            "levelname": "INFO",
+            "request_id": rid,
+            "name": name,
+            "message": message,
+        }
+        line = LOG_FORMAT % fields + self.terminator
         with self.lock:  # the ticker flushes from its own thread
             self.stream.write(line)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Server logs on stderr, each line with the request id (`-` outside a request).
-
-    A line per request is the server's own log, so records skip the thread and process
-    lookups its format never shows, and lines are written in batches.
-    """
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    """Server logs on stderr, each line with the request id (`-` outside a request)."""
     handler = BatchedStderr()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -45,7 +45,6 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
-
         self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:

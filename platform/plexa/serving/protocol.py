@@ -50,9 +50,9 @@ def _reject_constant(token: str) -> Any:
 def parse_json(body: bytes) -> Any:
     """Strict JSON (no NaN/Infinity tokens); malformed text is a 400 naming line and column.
 
-    orjson parses what it can (several times faster: this is most of a small model's request);
-    what it refuses goes to the standard library, which accepts a little more (integers past 64
-    bits, UTF-16 text) and names the place of a real error.
+    orjson parses what it can (several times faster than the standard library); what it
+    refuses goes to the standard library, which accepts a little more (integers past 64 bits,
+    UTF-16 text) and names the place of a real error.
     """
     try:
         return orjson.loads(body)
