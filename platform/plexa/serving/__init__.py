@@ -56,6 +56,7 @@ def serve(
         access_log=False,  # Gate writes one line per request, with its id
         timeout_graceful_shutdown=30,
         server_header=False,
+        proxy_headers=False,  # nothing reads the client address; X-Forwarded-* would cost a parse
     )
     server = uvicorn.Server(config)
 

@@ -371,8 +371,8 @@ class Gate:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id", "")
+        headers: dict[bytes, bytes] = dict(scope["headers"])  # names arrive in lower case
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
         token = request_id.set(rid)
         status = 500
@@ -398,8 +398,8 @@ class Gate:
             return message
 
         route = route_of(scope["path"])
-        in_flight = self.state.metrics.in_flight.labels(route)
-        in_flight.inc()
+        metrics = self.state.metrics
+        metrics.begin(route)
         try:
             refusal = self._refuse(scope["path"], headers)
             if refusal is not None:
@@ -411,18 +411,17 @@ class Gate:
                 await _error(self._too_large(), 413)(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            in_flight.dec()
-            self.state.metrics.observe(route, status, seconds)
+            metrics.end(route, status, seconds)
             line = f"{rid} {scope['method']} {scope['path']} {status} {seconds * 1e3:.1f}ms"
             access(log, rid, line)
             request_id.reset(token)
 
-    def _refuse(self, path: str, headers: dict[str, str]) -> tuple[str, int] | None:
+    def _refuse(self, path: str, headers: dict[bytes, bytes]) -> tuple[str, int] | None:
         if self.token is not None and path not in PUBLIC_PATHS:
-            scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token):
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self.token):
                 return "missing or wrong bearer token (send Authorization: Bearer TOKEN)", 401
-        length = headers.get("content-length")
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return self._too_large(), 413
         return None

@@ -46,8 +46,19 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self._in_flight: dict[str, int] = {}  # read by the gauge when scraped, not per request
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
+    def begin(self, route: str) -> None:
+        """A request on `route` started."""
+        now = self._in_flight.get(route)
+        if now is None:
+            self.in_flight.labels(route).set_function(lambda: self._in_flight[route])
+            now = 0
+        self._in_flight[route] = now + 1
+
+    def end(self, route: str, status: int, seconds: float) -> None:
+        """A request on `route` was answered with `status` after `seconds`."""
+        self._in_flight[route] -= 1
         # `labels()` looks the child up under a lock; routes and statuses are few, keep them
         children = self._children.get((route, status))
         if children is None:

@@ -6,6 +6,7 @@ names and normalisation into `metadata_props`), so the server needs nothing but 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -49,9 +50,16 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
 
-    @property
+    # cached: each request asks (frozen dataclasses keep no cache otherwise)
+    @functools.cached_property
     def datatype(self) -> str:
         return DATATYPES.get(self.dtype, self.dtype.upper())
+
+    @functools.cached_property
+    def numpy_dtype(self) -> np.dtype:
+        import numpy as np
+
+        return np.dtype(self.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_ROWS = 4096  # rows in one request; the body limit bounds bytes, this bounds work
-_NUMPY = {v: k for k, v in DATATYPES.items()}
 
 
 class BadRequest(ValueError):
@@ -152,8 +151,8 @@ def _tensor(
     count = math.prod(shape)
     params = _parameters(item.get("parameters"), f"{where}.parameters")
     size = params.get("binary_data_size")
-    dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
     if size is not None:
+        dtype = info.numpy_dtype.newbyteorder("<")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequest(f"{where}.parameters.binary_data_size: must be a whole number")
         if "data" in item:
@@ -168,26 +167,30 @@ def _tensor(
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
         array = array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
         offset += size
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BadRequest(_not_finite(where, info))
     else:
         if "data" not in item:
             raise BadRequest(f"{where}.data: missing (and no binary_data_size parameter)")
         array = _from_json(item["data"], where, info, shape, count)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise BadRequest(f"{where}.data: input '{info.name}' contains NaN or infinity")
     return array, offset
 
 
+def _not_finite(where: str, info: TensorInfo) -> str:
+    return f"{where}.data: input '{info.name}' contains NaN or infinity"
+
+
 def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
+    # `type(d) is int`: JSON gives plain ints, and true/false (bools) are not sizes
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
         raise BadRequest(f"{where}.shape: must be a list of whole numbers")
-    want = ["batch" if d == -1 else d for d in info.shape]
-    if len(shape) != len(info.shape) or any(
-        d != w for d, w in zip(shape[1:], info.shape[1:], strict=True) if w != -1
+    expected = info.shape
+    if len(shape) != len(expected) or any(
+        w != -1 and d != w for d, w in zip(shape[1:], expected[1:], strict=True)
     ):
+        want = ["batch" if d == -1 else d for d in expected]
         raise BadRequest(f"{where}.shape: input '{info.name}' takes {want}, not {shape}")
-    if any(d < 0 for d in shape) or shape[0] < 1:
+    if shape[0] < 1 or min(shape) < 0:
         raise BadRequest(f"{where}.shape: {shape} needs at least one row and no negative sizes")
     if shape[0] > MAX_ROWS:
         raise BadRequest(f"{where}.shape: {shape[0]} rows is more than {MAX_ROWS} per request")
@@ -211,13 +214,15 @@ def _from_json(data: Any, where: str, info: TensorInfo, shape: list[int], count:
             raise BadRequest(f"{where}.data: must hold only numbers (found {_elements(array)})")
     if array.size != count:
         raise BadRequest(f"{where}.data: {array.size} values, but shape {shape} needs {count}")
-    target = np.dtype(info.dtype)
+    target = info.numpy_dtype
     if target.kind in "iu" and array.dtype.kind == "f":
         raise BadRequest(f"{where}.data: {info.datatype} needs whole numbers")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(target).reshape(shape)
-    if target.kind == "f" and not np.isfinite(converted).all() and np.isfinite(array).all():
-        raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
+    if target.kind == "f" and not np.isfinite(converted).all():  # one pass in the usual case
+        if np.isfinite(array).all():
+            raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
+        raise BadRequest(_not_finite(where, info))
     if target.kind in "iu" and not np.array_equal(converted, array.reshape(shape)):
         raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
     return converted
@@ -273,7 +278,7 @@ def infer_response(
         array = results[name]
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": DATATYPES.get(array.dtype.name, infos[name].datatype),
+            "datatype": _datatype(array.dtype, infos[name]),
             "shape": list(array.shape),
         }
         if binary:
@@ -290,6 +295,18 @@ def infer_response(
     if not blobs:
         return head, {}
     return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
+
+
+_DATATYPE_OF: dict[Any, str] = {}  # numpy dtype -> protocol datatype (`dtype.name` is slow)
+
+
+def _datatype(dtype: np.dtype, info: TensorInfo) -> str:
+    datatype = _DATATYPE_OF.get(dtype)
+    if datatype is None:
+        if dtype.name not in DATATYPES:
+            return info.datatype
+        datatype = _DATATYPE_OF[dtype] = DATATYPES[dtype.name]
+    return datatype
 
 
 def _kind(value: Any) -> str:
