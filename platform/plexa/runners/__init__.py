@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 class RunInterrupted(Exception):
@@ -14,6 +17,17 @@ class RunInterrupted(Exception):
     def __init__(self, run_id: str | None, last_checkpoint: Path | None) -> None:
         self.run_id, self.last_checkpoint = run_id, last_checkpoint
         super().__init__(f"run {run_id} interrupted; last checkpoint: {last_checkpoint}")
+
+
+@dataclass
+class Trained:
+    """What a runner's training leaves: test metrics and checkpoints (here so that the Ray
+    driver need not import torch and Lightning before its workers start)."""
+
+    module: L.LightningModule | None  # None where training ran in other processes (Ray)
+    metrics: dict[str, float]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink
 from plexa.config import PipelineSpec, TrainSpec
 from plexa.loaders import Chunks, DeviceBatches, to_tensors
 from plexa.plugins import DataSplits
-from plexa.runners import RunInterrupted
+from plexa.runners import RunInterrupted, Trained
 
 
 class MemoryData(L.LightningDataModule):
@@ -85,14 +84,6 @@ def memory_data(module: L.LightningModule, data: DataSplits, train: TrainSpec) -
     return MemoryData(
         data, train.batch_size, train.seed, train.limit_batches, chunk, train.eval_batch_size
     )
-
-
-@dataclass
-class Trained:
-    module: L.LightningModule | None  # None where training ran in other processes (Ray)
-    metrics: dict[str, float]
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
 
 
 def _accelerator(spec: PipelineSpec) -> tuple[str, int | str, str]:

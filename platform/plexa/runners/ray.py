@@ -30,7 +30,7 @@ from plexa.interrupts import sigterm_as_ctrl_c
 if TYPE_CHECKING:
     import lightning as L
 
-    from plexa.runners.local import Trained
+    from plexa.runners import Trained
     from plexa.tracking import Tracker
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
@@ -107,8 +107,7 @@ def run(
     from ray.train.torch import TorchTrainer
 
     from plexa.plugins import architectures, datasets
-    from plexa.runners import RunInterrupted
-    from plexa.runners.local import Trained
+    from plexa.runners import RunInterrupted, Trained
 
     c = spec.compute
     embedded = connect(c) if owns_ray is None else owns_ray
