@@ -27,7 +27,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -117,22 +116,19 @@ def _cpu_ticks() -> dict[int, tuple[int, str]]:
 
 def cores_during_a_run(seconds: float) -> dict[str, float]:
     """CPU cores used by the worker, the driver and everything else during Ray training."""
+    from scaling import CONFIGS, command_of, run_env  # a plexa Ray run as scaling.py runs it
+
+    (config,) = (c for c in CONFIGS if c.name == "plexa Ray, 1 worker")
+    pipeline = str(ROOT / "pipelines" / "digits-cnn.yaml")
     with tempfile.TemporaryDirectory() as folder:
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
-            "PLEXA_RUNS_DIR": f"{folder}/runs",
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            str(BIN / "plexa"), "run", str(ROOT / "pipelines" / "digits-cnn.yaml"),
-            "export.onnx=false", "train.max_epochs=300", "compute.runner=ray",
-            "compute.workers=1", f"compute.cpus_per_worker={os.cpu_count() or 1}",
-        ]  # fmt: skip
         driver = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            command_of(config, pipeline, 300, []),
+            cwd=folder,
+            env=run_env(Path(folder)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         try:
             assert driver.stdout is not None
             for line in driver.stdout:

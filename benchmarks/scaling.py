@@ -237,7 +237,7 @@ def _cpus_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _command(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> list[str]:
+def command_of(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> list[str]:
     if cfg.kind.startswith("bare"):
         script = str(Path(__file__).resolve())
         extra = [f"--set={o}" for o in overrides]
@@ -252,21 +252,28 @@ def _command(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> l
     return [plexa, "run", pipeline, *fixed, *cfg.overrides, *overrides]
 
 
+def run_env(folder: Path) -> dict[str, str]:
+    """The environment of one measured run: its own MLflow store and runs folder in `folder`,
+    and an embedded Ray, never someone's cluster."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        PYTHONUNBUFFERED="1",
+        MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}",
+        PLEXA_RUNS_DIR=str(folder / "runs"),
+    )
+    return env
+
+
 def _launch(
     command: list[str], folder: Path, threads: int | None = None
 ) -> tuple[float, float | None, float, int, list[str]]:
     """Run `command` in `folder`; return its Popen wall-clock time, the seconds to the first
     epoch line, the seconds to exit, the exit code, and its output. `threads` sets the local
     runner's torch threads (OMP_NUM_THREADS; Ray sets it from cpus_per_worker itself)."""
-    env = dict(os.environ)
+    env = run_env(folder)
     if threads is not None and "compute.runner=ray" not in command:
         env["OMP_NUM_THREADS"] = str(threads)
-    env.pop("RAY_ADDRESS", None)  # embedded Ray in every run, never someone's cluster
-    env.update(
-        PYTHONUNBUFFERED="1",
-        MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}",
-        PLEXA_RUNS_DIR=str(folder / "runs"),
-    )
     lines: list[str] = []
     first: float | None = None
     launched_at = time.time()
@@ -316,7 +323,7 @@ def measure(cfg: Config, pipeline: str, epochs: int, overrides: list[str]) -> Me
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="plexa-scaling-") as tmp:
         folder = Path(tmp)
-        command = _command(cfg, pipeline, epochs, overrides)
+        command = command_of(cfg, pipeline, epochs, overrides)
         launched_at, first, total, code, lines = _launch(command, folder, cfg.threads)
         if code != 0 or first is None:
             tail = "".join(lines[-40:])
