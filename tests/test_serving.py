@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +166,7 @@ def test_batcher_merges_concurrent_requests_with_identical_results(digits: Path,
 
 def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
     with ThreadServer([str(digits)], max_batch=16, max_wait_ms=40) as server:
+        together = threading.Barrier(16)
 
         def one(i: int) -> np.ndarray:
             body = {
@@ -177,7 +179,19 @@ def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
                     }
                 ]
             }
-            r = httpx.post(f"{server.url}/v2/models/digits-cnn/infer", json=body, timeout=30)
+            payload = json.dumps(body).encode()
+
+            def in_two_parts() -> Iterator[bytes]:
+                # every request is being received at once, whatever the client threads' pace
+                # (the batcher waits for requests in flight, not for ones not yet sent)
+                yield payload[:10]
+                together.wait(timeout=30)
+                time.sleep(0.05)
+                yield payload[10:]
+
+            r = httpx.post(
+                f"{server.url}/v2/models/digits-cnn/infer", content=in_two_parts(), timeout=30
+            )
             assert r.status_code == 200, r.text
             return np.array(r.json()["outputs"][0]["data"], dtype=np.float32)
 
