@@ -1,10 +1,14 @@
-"""Shared fixtures: every test gets its own working directory and MLflow store."""
+"""Shared fixtures: every test gets its own working directory and MLflow store, and no test
+reads or writes what lies in the repository's working tree (a demo's store, `mlruns/`,
+`plexa-runs/`, a compose `.env`)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,65 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
 BIN = Path(sys.executable).parent
+
+# what a checkout holds that is neither source nor a test's doing: the venv, caches, the build
+_OWN = (".venv/", ".pytest_cache/", ".ruff_cache/", ".hypothesis/", ".mypy_cache/")
+# environment that would point a test at a user's store, cluster or server instead of its own
+_LEAKY_ENV = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
+    "PLEXA_RUNS_DIR", "PLEXA_RUN_DIR", "RAY_ADDRESS", "PLEXA_SERVE_TOKEN",
+)  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any fixture (module-scoped ones included) runs: a scratch cwd, a scratch store
+    and runs folder, so nothing in the repository is read or written by default."""
+    scratch = Path(tempfile.mkdtemp(prefix="plexa-tests-"))
+    for name in _LEAKY_ENV:
+        os.environ.pop(name, None)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
+    os.environ["PLEXA_RUNS_DIR"] = str(scratch / "plexa-runs")
+    # worker processes (Ray's) unpickle callbacks defined in tests/ by module name
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
+    os.chdir(scratch)
+    config.stash[_SCRATCH] = scratch
+
+
+_SCRATCH = pytest.StashKey[Path]()
+
+
+def _tree_outside_git() -> frozenset[str]:
+    """Untracked and ignored entries of the checkout (without the venv and caches), each with
+    its files' newest mtime: a test that adds to `mlruns/` changes its entry too."""
+    done = subprocess.run(
+        ["git", "status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=normal"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    entries = set()
+    for record in filter(None, done.stdout.split("\0")):
+        path = record[3:]
+        if path.startswith(_OWN) or "__pycache__" in path or ".egg-info" in path:
+            continue
+        target = REPO / path
+        files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
+        newest = max((f.stat().st_mtime_ns for f in files if f.exists()), default=0)
+        entries.add(f"{record[:2]} {path} {newest}")
+    return frozenset(entries)
+
+
+@pytest.fixture(autouse=True)
+def repository_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test that wrote into the checkout (its own tmp folder is the place)."""
+    if not (REPO / ".git").exists():  # an unpacked archive: nothing to compare against
+        yield
+        return
+    before = _tree_outside_git()
+    yield
+    after = _tree_outside_git()
+    if after != before:
+        changed = sorted({e.split(" ")[1] for e in after ^ before})
+        pytest.fail(f"{request.node.nodeid} wrote into the repository: {', '.join(changed)}")
 
 
 @pytest.fixture

@@ -92,6 +92,23 @@ def test_ctrl_c_handling_is_plexa_s_again_after_a_ray_run(ray_run) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def _until_ray_holds_a_checkpoint(storage: Path, timeout: float = 120) -> None:
+    """Wait until Ray Train's controller has registered a checkpoint of this run (its reports
+    are collected every few seconds): killing a worker before that would restart from scratch."""
+    from ray.train import Result
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for experiment in storage.glob("plexa-*"):
+            try:
+                if Result.from_path(str(experiment)).checkpoint is not None:
+                    return
+            except RuntimeError:  # no checkpoint registered yet: no snapshot to read
+                pass
+        time.sleep(0.1)
+    raise TimeoutError(f"Ray Train registered no checkpoint under {storage} in {timeout:.0f}s")
+
+
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_completes(ray_run, workdir) -> None:
     marker = workdir / "killed-once"
 
@@ -102,9 +119,7 @@ def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_completes(ray_run, wo
             mid_epoch_two = trainer.current_epoch == 1 and trainer.global_step % 10 == 5
             if trainer.global_rank == 1 and mid_epoch_two and not marker.exists():
                 marker.touch()
-                # Ray's controller collects reports every few seconds; a real epoch lasts long
-                # enough for it to have registered epoch 0's checkpoint by now
-                time.sleep(5)
+                _until_ray_holds_a_checkpoint(Path(trainer.default_root_dir) / "ray")
                 os.kill(os.getpid(), signal.SIGKILL)
 
     result = orchestrator.run(ray_spec("compute.max_failures=1"), callbacks=[KillRankOneOnce()])

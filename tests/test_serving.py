@@ -166,7 +166,15 @@ def test_batcher_merges_concurrent_requests_with_identical_results(digits: Path,
 
 def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
     with ThreadServer([str(digits)], max_batch=16, max_wait_ms=40) as server:
-        together = threading.Barrier(16)
+
+        def all_in_flight() -> None:  # the server is receiving all 16, observed on its gauge
+            gauge = 'plexa_in_flight{route="/v2/models/{name}/infer"}'
+            deadline = time.monotonic() + 30
+            while _sample(httpx.get(f"{server.url}/metrics").text, gauge, 0.0) < 16:
+                assert time.monotonic() < deadline, "the 16 requests never were in flight"
+                time.sleep(0.01)
+
+        together = threading.Barrier(16, action=all_in_flight)
 
         def one(i: int) -> np.ndarray:
             body = {
@@ -185,8 +193,7 @@ def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
                 # every request is being received at once, whatever the client threads' pace
                 # (the batcher waits for requests in flight, not for ones not yet sent)
                 yield payload[:10]
-                together.wait(timeout=30)
-                time.sleep(0.05)
+                together.wait(timeout=60)
                 yield payload[10:]
 
             r = httpx.post(
@@ -204,9 +211,15 @@ def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
         assert total == 16 and count < 16  # some requests shared an ONNX Runtime call
 
 
-def _sample(metrics: str, name: str) -> float:
-    line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
-    return float(line.rsplit(" ", 1)[1])
+def _sample(metrics: str, name: str, absent: float | None = None) -> float:
+    """One sample's value; `absent` where it is not exposed yet (a labelled child appears with
+    its first observation), else a missing sample fails the test."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    if absent is None:
+        raise AssertionError(f"no sample {name} in /metrics:\n{metrics}")
+    return absent
 
 
 # --------------------------------------------------------------------------- operations
@@ -404,8 +417,20 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
         text=True,
     )
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer tok"}
+    lines: list[str] = []
+    shutting_down = threading.Event()
+
+    def read_output() -> None:  # the server's log, live: its shutdown is observed, not timed
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Shutting down" in line:
+                shutting_down.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
     try:
         _wait_ready(url, process)
+        reader.start()
         import psutil
 
         listening = {
@@ -429,21 +454,27 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
         def infer(_: int) -> int:
             payload = json.dumps(body).encode()
 
-            def slowly() -> Iterator[bytes]:  # the upload takes ~1.5 s: in flight at SIGTERM
-                for k in range(0, len(payload), len(payload) // 5 + 1):
-                    time.sleep(0.3)
-                    yield payload[k : k + len(payload) // 5 + 1]
+            def rest_after_sigterm() -> Iterator[bytes]:  # in flight when the signal lands
+                yield payload[:10]
+                assert shutting_down.wait(timeout=30), "the server never began shutting down"
+                yield payload[10:]
 
             r = httpx.post(
-                f"{url}/v2/models/digits-cnn/infer", content=slowly(), headers=auth, timeout=30
+                f"{url}/v2/models/digits-cnn/infer",
+                content=rest_after_sigterm(),
+                headers=auth,
+                timeout=60,
             )
             return r.status_code
 
         with ThreadPoolExecutor(4) as pool:
             pending = [pool.submit(infer, i) for i in range(4)]
             gauge = 'plexa_in_flight{route="/v2/models/{name}/infer"}'
-            while _sample(httpx.get(f"{url}/metrics", headers=auth).text, gauge) < 4:
-                time.sleep(0.02)  # until all four are being received
+            deadline = time.monotonic() + 30
+            # until all four are being received (the gauge appears with the first of them)
+            while _sample(httpx.get(f"{url}/metrics", headers=auth).text, gauge, 0.0) < 4:
+                assert time.monotonic() < deadline, "the four requests never were in flight"
+                time.sleep(0.02)
             process.send_signal(signal.SIGTERM)
             codes = [f.result() for f in pending]
         assert codes == [200] * 4
@@ -452,7 +483,8 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
     finally:
         if process.poll() is None:
             process.kill()
-    output = process.stdout.read() if process.stdout else ""
+    reader.join(timeout=10)
+    output = "".join(lines)
     assert "/infer 200" in output and "every request in flight was answered" in output
 
 
