@@ -62,11 +62,12 @@ def run(raw: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, float]], 
 
     from plexa import orchestrator
     from plexa.config import validate
+    from plexa.runs import runs_root
 
     started = time.perf_counter()
     result = orchestrator.run(validate(raw))
     seconds = time.perf_counter() - started
-    rounds_file = orchestrator.runs_root() / str(result.run_id) / "rounds.json"
+    rounds_file = runs_root() / str(result.run_id) / "rounds.json"
     rounds = json.loads(rounds_file.read_text()) if rounds_file.exists() else []
     return result.metrics, rounds, seconds
 

@@ -7,7 +7,7 @@ only thing that differs is the loop around the network:
 - plain: `TensorDataset` + `DataLoader` (per-sample `__getitem__` and collate), a hand loop;
 - lightning: a minimal LightningModule that calls `self.log` every step, same DataLoaders;
 - plexa: the pipeline's task module on `MemoryData` (batches indexed from resident tensors),
-  with a Trainer configured like `plexa.runners.local.run` minus checkpointing.
+  with a Trainer configured like `plexa.training.fit_and_test` minus checkpointing.
 
 An epoch is timed from its start to the end of its validation pass. The first epoch of each run
 is warm-up and dropped; a run's figure is the median of its other epochs, and a contender's
@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from plexa.assembly import assemble
 from plexa.callbacks import EpochSeed
 from plexa.config import PipelineSpec, load_pipeline
-from plexa.orchestrator import assemble
 from plexa.plugins import DataSplits
 from plexa.quiet import quiet_libraries
-from plexa.runners.local import memory_data
+from plexa.training import memory_data
 
 ROOT = Path(__file__).resolve().parent.parent
 

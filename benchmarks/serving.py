@@ -358,8 +358,8 @@ def eager_server(checkpoint: str, port: int) -> None:
     import uvicorn
     import yaml
 
+    from plexa.assembly import assemble
     from plexa.config import validate
-    from plexa.orchestrator import assemble
 
     spec = validate(yaml.safe_load(PIPELINE.read_text()))
     _, _, net, module = assemble(spec)

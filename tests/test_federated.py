@@ -118,7 +118,7 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
     import torch
 
     from plexa.federated.apps import ProximalTerm, build_module, load_data, make_trainer
-    from plexa.runners.local import memory_data
+    from plexa.training import memory_data
 
     spec = load_pipeline(PIPELINE, ["train.limit_batches=5"])
     data = load_data(spec)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from plexa.events import Event
 from tests.conftest import BIN, PIPELINES, plexa
 from tests.mlflow_server import (
     MlflowServer,
@@ -195,8 +196,8 @@ def test_a_server_that_dies_mid_run_loses_nothing(
          f"tracking.experiment={experiment}", f"export.register_as={model}"],
     )  # fmt: skip
 
-    def kill_server_after_first_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 0:
+    def kill_server_after_first_epoch(event: Event) -> None:
+        if event.kind == "epoch" and event.index == 0:
             server.stop()
 
     try:

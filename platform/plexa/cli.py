@@ -62,7 +62,7 @@ def _load(pipeline: Path, overrides: list[str] | None):  # -> PipelineSpec
 
 
 def _is_rank_zero() -> bool:
-    from plexa.orchestrator import global_rank
+    from plexa.runs import global_rank
 
     return global_rank() == 0
 
@@ -91,9 +91,9 @@ def run(
 
     quiet_libraries()
     from plexa import orchestrator
+    from plexa.errors import RunInterrupted
     from plexa.export import ExportError
     from plexa.plugins import PluginError
-    from plexa.runners import RunInterrupted
     from plexa.runners.sweep import SweepError
     from plexa.tracking import RunNotFoundError
 
@@ -106,18 +106,12 @@ def run(
             f"{spec.model.plugin} on {spec.data.plugin}, {spec.train.max_epochs} epochs"
         )
 
-    def epoch_line(epoch: int, metrics: dict[str, float]) -> None:
-        shown = "  ".join(
-            f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))
-        )
-        console.print(
-            f"epoch {epoch + 1:>3}/{spec.train.max_epochs}  {shown}  "
-            f"lr {metrics.get('lr', 0):.2e}  {metrics['epoch_seconds']:.2f}s",
-            markup=False,
-        )
+    from plexa.events import printer
+
+    show = printer(lambda line: console.print(line, markup=False))
 
     try:
-        result = orchestrator.run(spec, resume=resume, sinks=[epoch_line])
+        result = orchestrator.run(spec, resume=resume, sinks=[show])
     except RunInterrupted as exc:
         console.print(
             f"\n[yellow]interrupted[/yellow]: run {exc.run_id} is marked KILLED; "
@@ -423,18 +417,12 @@ def federate(
         f"rounds of {fed.strategy}, {mode}"
     )
 
-    def round_line(server_round: int, metrics: dict[str, float]) -> None:
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("server/"))
-        clients = ""
-        if "clients/sampled" in metrics:
-            clients = (
-                f"  clients {metrics['clients/replied']:.0f}/{metrics['clients/sampled']:.0f}"
-                f" ({metrics['clients/failed']:.0f} failed)  {metrics['round_seconds']:.2f}s"
-            )
-        console.print(f"round {server_round:>3}/{fed.rounds}  {shown}{clients}", markup=False)
+    from plexa import orchestrator
+    from plexa.events import printer
 
+    show = printer(lambda line: console.print(line, markup=False))
     try:
-        result = federated.run(spec, deploy=deploy, sinks=[round_line])
+        result = orchestrator.run(spec, sinks=[show], runner=federated.FederatedRunner(deploy))
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

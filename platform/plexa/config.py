@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from plexa.plugins import PluginConfig, PluginError, Registry, architectures, datasets
+from plexa.problems import pydantic_problems
 
 
 class ConfigError(ValueError):
@@ -72,7 +80,9 @@ class TrainSpec(_Strict):
 
 
 class ComputeSpec(_Strict):
-    runner: Literal["local", "ray"] = "local"
+    # local, ray, or the name a runner was registered under (plexa.runners.register); a
+    # federated: or sweep: section picks its own runner
+    runner: str = Field("local", min_length=1)
     # local: Lightning on this machine
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"
@@ -88,6 +98,16 @@ class ComputeSpec(_Strict):
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError("devices must be at least 1 or 'auto'")
         return self
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, name: str) -> str:
+        from plexa import runner_registry
+
+        known = runner_registry.names()
+        if name not in known:
+            raise ValueError(f"unknown runner '{name}'; known runners: {', '.join(known)}")
+        return name
 
 
 class TrackingSpec(_Strict):
@@ -284,21 +304,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return raw
 
 
-def _loc(loc: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    out = []
-    for err in exc.errors():
-        path = _loc((*([prefix] if prefix else []), *err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        out.append((path, msg))
-    return out
-
-
 def _check_plugin(
     registry: Registry,
     ref: Any,
@@ -319,7 +324,7 @@ def _check_plugin(
     try:
         return cls, cls.Config.model_validate(params, context=context)
     except ValidationError as exc:
-        for path, msg in _pydantic_problems(exc, f"{where}.params"):
+        for path, msg in pydantic_problems(exc, f"{where}.params"):
             problems.append((path, f"{msg} ({registry.kind} plugin '{ref['plugin']}')"))
         return cls, None
 
@@ -338,7 +343,7 @@ def validate(
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
-        problems += _pydantic_problems(exc)
+        problems += pydantic_problems(exc)
 
     data_cls, data_cfg = _check_plugin(datasets, raw.get("data"), "data", problems, context)
     arch_cls, arch_cfg = _check_plugin(architectures, raw.get("model"), "model", problems, context)

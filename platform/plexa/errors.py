@@ -12,6 +12,8 @@ Anything else is a bug, shown with its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -53,3 +55,15 @@ class Interrupted(PlexaError):
     """Ctrl-C or SIGTERM stopped the work."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class RunInterrupted(Interrupted):
+    """Ctrl-C (or SIGTERM) stopped training; the last checkpoint is kept for `--resume`."""
+
+    def __init__(self, run_id: str | None, last_checkpoint: Path | None) -> None:
+        self.run_id, self.last_checkpoint = run_id, last_checkpoint
+        super().__init__(f"run {run_id} interrupted; last checkpoint: {last_checkpoint}")
+
+
+class ResumeError(UserError):
+    """A run that cannot be continued: finished, another pipeline, or no checkpoint."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from plexa.config import PipelineSpec
     from plexa.plugins import DataSpec, DataSplits
+    from plexa.tracking import Tracker
 
 TOLERANCE_KEY = "export.parity_tolerance"
 MODEL_FILE = "model.onnx"
@@ -359,15 +360,19 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def export_and_log(
-    module: nn.Module, spec: PipelineSpec, data: DataSplits, folder: Path, run_id: str | None
+    module: nn.Module, spec: PipelineSpec, data: DataSplits, folder: Path, tracker: Tracker
 ) -> ExportResult:
-    """Export a trained model with the parity check and log (and register) it to the active
-    MLflow run: the last step of every runner."""
-    return log_onnx(export_onnx(module, spec, data, folder, run_id), spec, data.spec)
+    """Export a trained model with the parity check and log (and register) it to the
+    tracker's run."""
+    exported = export_onnx(module, spec, data, folder, tracker.run_id)
+    return tracker.guarded("the ONNX model", lambda: log_onnx(exported, spec, data.spec, tracker))
 
 
-def log_onnx(result: ExportResult, spec: PipelineSpec, data_spec: DataSpec) -> ExportResult:
-    """Log the export to the active MLflow run as a pyfunc-loadable ONNX model.
+def log_onnx(
+    result: ExportResult, spec: PipelineSpec, data_spec: DataSpec, tracker: Tracker | None = None
+) -> ExportResult:
+    """Log the export to the tracker's run (else MLflow's active run) as a pyfunc-loadable
+    ONNX model.
 
     Registers it under `export.register_as` when set, logs the parity diff as
     `export/parity_max_abs_diff`, and returns the result with the model URI and registry
@@ -380,8 +385,12 @@ def log_onnx(result: ExportResult, spec: PipelineSpec, data_spec: DataSpec) -> E
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    if mlflow.active_run() is None:
-        raise RuntimeError("log_onnx needs an active MLflow run (mlflow.start_run())")
+    if tracker is not None:
+        run_id = tracker.active_run_id
+    elif (active := mlflow.active_run()) is not None:
+        run_id = active.info.run_id
+    else:
+        raise RuntimeError("log_onnx needs a tracker or an active MLflow run")
 
     model = onnx.load(str(result.path))
     props = {p.key: p.value for p in model.metadata_props}
@@ -405,13 +414,17 @@ def log_onnx(result: ExportResult, spec: PipelineSpec, data_spec: DataSpec) -> E
         if len(example) == 1:
             example = next(iter(example.values()))
 
-    mlflow.log_metric(PARITY_METRIC, result.max_abs_diff)
+    if tracker is not None:
+        tracker.log_metrics({PARITY_METRIC: result.max_abs_diff})
+    else:
+        mlflow.MlflowClient().log_metric(run_id, PARITY_METRIC, result.max_abs_diff)
     # the model lists CUDA then CPU providers (used where the loader has them); mlflow warns on
     # a CPU-only build when it validates the input example, which is noise at logging time
     with _quiet(("mlflow.onnx",), warnings_too=False):
         info = mlflow.onnx.log_model(
             model,
             name=MLFLOW_MODEL_NAME,
+            run_id=run_id,  # Model.log's, passed through: the run by id, whatever thread
             signature=signature,
             input_example=example,
             registered_model_name=spec.export.register_as,

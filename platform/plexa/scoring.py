@@ -112,14 +112,15 @@ def digits_scorer(seed: int = 0) -> nn.Module:
     """The digits classifier for `seed`: loaded from the cache, else trained by plexa now."""
     import torch
 
+    from plexa.assembly import assemble
     from plexa.config import validate
-    from plexa.orchestrator import assemble
 
     spec = validate({**SCORER_PIPELINE, "train": {**SCORER_PIPELINE["train"], "seed": seed}})
     recipe = hashlib.sha256(json.dumps(SCORER_PIPELINE, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / f"digits-scorer-{recipe[:12]}-seed{seed}.pt"
     with _preserved_rng():
-        _, data, net, module = assemble(spec)
+        built = assemble(spec)
+        data, net, module = built.data, built.net, built.module
         if path.exists():
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         else:
@@ -135,16 +136,16 @@ def _train(spec: Any, data: Any, module: Any, path: Path) -> None:
 
     import torch
 
-    from plexa.orchestrator import _load
+    from plexa.assembly import load_weights
     from plexa.quiet import quiet_libraries
-    from plexa.runners.local import fit_and_test
+    from plexa.training import fit_and_test
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         trained = fit_and_test(
             spec, data, module, Path(tmp), monitor=module.monitor, accelerator="cpu", devices=1
         )
-        _load(module, trained.best_checkpoint)
+        load_weights(module, trained.best_checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     torch.save(module.net.state_dict(), partial)

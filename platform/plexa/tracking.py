@@ -9,22 +9,30 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import plexa
 from plexa.config import PipelineSpec
+from plexa.errors import NotFoundError, PlexaError, ResumeError, RunInterrupted
 from plexa.plugins import architectures, datasets
+from plexa.runs import CHECKPOINTS, checkpoint
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from plexa.events import Event
+
 PIPELINE_ARTIFACT = "pipeline.yaml"
+ERROR_TAG = "plexa.error"  # why a FAILED run failed, when plexa knows
+_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(NotFoundError, LookupError):
     pass
 
 
@@ -82,72 +90,181 @@ def tags_for(spec: PipelineSpec) -> dict[str, str]:
 
 @dataclass
 class Tracker:
-    """The open MLflow run of one pipeline."""
+    """The open MLflow run of one pipeline: every call names the run by id, so any thread (the
+    Ray runner's epoch relay, Flower's ServerApp thread) logs to the same run, and nothing
+    depends on MLflow's per-thread active run.
+
+    Metrics are sent asynchronously (training never waits on the store); a batch's failure
+    shows when the next is sent, an epoch later, or at `flush`."""
 
     run_id: str
     uri: str
-    # a process that may be killed at any moment (a Ray worker) logs synchronously
+    # a process that may be killed at any moment (a Flower ServerApp, a Tune trial) logs
+    # synchronously
     synchronous: bool = False
+    system_metrics: bool = False
+    _pending: Any = field(default=None, repr=False)  # the last asynchronous batch
+    _monitor: Any = field(default=None, repr=False)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import mlflow
-
-        mlflow.log_metrics(
-            dict(metrics), step=step, synchronous=self.synchronous, run_id=self.run_id
-        )
-
-    def epoch_sink(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.log_metrics(metrics, step=epoch)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        import mlflow
-
-        client = mlflow.MlflowClient(self.uri)
-        for key, value in tags.items():
-            client.set_tag(self.run_id, key, value)
-
-    def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        import mlflow
-
-        mlflow.log_artifact(str(path), folder)
-
-    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-        """Per-epoch values from the store: complete even for a resumed run."""
-        import mlflow
-
-        mlflow.flush_async_logging()
-        client = mlflow.MlflowClient(self.uri)
-        out = {}
-        for key in keys:
-            points = client.get_metric_history(self.run_id, key)
-            out[key] = sorted({m.step: m.value for m in points}.items())
-        return out
-
-    def log_figure(self, figure: Any, name: str) -> None:
-        import mlflow
-
-        mlflow.log_figure(figure, f"plots/{name}")
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        import mlflow
-
-        mlflow.log_params(dict(params))
+    @property
+    def active_run_id(self) -> str:
+        """The run logging goes to now (a failed-over tracker's is in a local store)."""
+        return self.run_id
 
     @property
     def active_uri(self) -> str:
-        """The store logging goes to now (a failed-over tracker's is a local one)."""
         return self.uri
 
-    def guarded(self, what: str, action: Any) -> Any:
-        """Run `action()`, which logs to the active run; a tracker for an MLflow server fails
-        over to a local store when the server fails (plexa.tracking_failover)."""
-        return action()
-
-    def close(self, status: str) -> None:
+    def client(self) -> MlflowClient:
         import mlflow
 
-        mlflow.flush_async_logging()
-        mlflow.end_run(status)
+        return mlflow.MlflowClient(self.active_uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        operation = self.client().log_batch(
+            self.active_run_id, metrics=batch, synchronous=self.synchronous
+        )
+        self._wait_pending()
+        self._pending = operation
+
+    def on_event(self, event: Event) -> None:
+        """The MLflow sink of the progress stream: an epoch's metrics at its step."""
+        if event.kind == "epoch":
+            self.log_metrics(event.metrics, step=event.index)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.client().log_batch(self.active_run_id, tags=batch, synchronous=True)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)) for k, v in params.items()]
+        client = self.client()
+        for start in range(0, len(batch), _PARAM_BATCH):
+            client.log_batch(
+                self.active_run_id, params=batch[start : start + _PARAM_BATCH], synchronous=True
+            )
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client().log_artifact(self.active_run_id, str(path), folder)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.client().log_figure(self.active_run_id, figure, f"plots/{name}")
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client().log_text(self.active_run_id, text, path)
+
+    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        """Per-epoch values from the store: complete even for a resumed run."""
+        return self.stored_history(keys)
+
+    def stored_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        """What the store holds now (another process may have logged it)."""
+        self.flush()
+        client = self.client()
+        out = {}
+        for key in keys:
+            points = client.get_metric_history(self.active_run_id, key)
+            out[key] = sorted({m.step: m.value for m in points}.items())
+        return out
+
+    def guarded(self, what: str, action: Any) -> Any:
+        """Run `action()`, which logs to this run; a tracker for an MLflow server fails over to
+        a local store when the server fails (plexa.tracking_failover)."""
+        return action()
+
+    def start_system_metrics(self, resume: bool = False) -> None:
+        """MLflow's CPU, memory (and GPU) sampling, into the active run once a second."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.system_metrics = True
+        self._monitor = SystemMetricsMonitor(
+            self.active_run_id,
+            sampling_interval=1,
+            samples_before_logging=1,
+            resume_logging=resume,
+            tracking_uri=self.active_uri,
+        )
+        self._monitor.start()
+
+    def flush(self) -> None:
+        self._wait_pending()
+
+    def close(self, status: str) -> None:
+        self.flush()
+        self._stop_system_metrics()
+        self.client().set_terminated(self.active_run_id, status)
+
+    def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()  # raises the batch's error, if it failed
+
+    def _stop_system_metrics(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
+
+
+class NullTracker(Tracker):
+    """What DDP ranks other than zero log through: nothing (side effects on rank zero only)."""
+
+    def __init__(self) -> None:
+        super().__init__(run_id="", uri="")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def on_event(self, event: Event) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        pass
+
+    def log_text(self, text: str, path: str) -> None:
+        pass
+
+    def stored_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        return {key: [] for key in keys}
+
+    def close(self, status: str) -> None:
+        pass
+
+
+def point_mlflow_at(uri: str, run_id: str) -> None:
+    """Make a run's store and experiment MLflow's process-wide defaults: the ONNX model's
+    `log_model` (which names the run by id) creates its logged model in the default
+    experiment and logs through the default client."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment)
+
+
+def warm_store(uri: str | None) -> None:
+    """Open the store once (a fresh sqlite store migrates its schema, seconds of Python); the
+    client is cached per URI, so the run opens it warm. Problems surface when the run opens."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient(resolve_uri(uri)).search_experiments(max_results=1)
 
 
 def get_run(run_id: str, uri: str | None = None) -> Run:
@@ -174,15 +291,58 @@ def logged_pipeline(run_id: str, uri: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def reopen(run_id: str, uri: str | None = None) -> Iterator[None]:
-    """Log more to a closed run (an export) and close it again with its earlier status."""
+def reopen(run_id: str, uri: str | None = None) -> Iterator[Tracker]:
+    """Log more to an ended run (an export); its status stays what it was."""
+
+    get_run(run_id, uri)
+    point_mlflow_at(resolve_uri(uri), run_id)
+    tracker = Tracker(run_id, resolve_uri(uri), synchronous=True)
+    yield tracker
+    tracker.flush()
+
+
+def fetch_checkpoint(run_id: str, folder: Path, name: str, uri: str | None = None) -> Path:
+    """The run's own checkpoint file, or the copy logged to MLflow when the folder is gone."""
     import mlflow
 
-    run = get_run(run_id, uri)
-    mlflow.set_tracking_uri(resolve_uri(uri))
-    with mlflow.start_run(run_id=run_id):
-        yield
-    mlflow.MlflowClient().set_terminated(run_id, run.info.status)
+    local = checkpoint(folder, name)
+    if local.exists():
+        return local
+    try:
+        path = mlflow.MlflowClient(resolve_uri(uri)).download_artifacts(
+            run_id, f"{CHECKPOINTS}/{name}.ckpt", str(folder)
+        )
+    except Exception as exc:
+        raise ResumeError(
+            f"run {run_id} has no {name} checkpoint (looked in {local} and the run's artifacts)"
+        ) from exc
+    return Path(path)
+
+
+def check_resume(spec: PipelineSpec, run_id: str) -> None:
+    """Only an unfinished run of the very same pipeline can be continued exactly."""
+    import yaml
+
+    run = get_run(run_id, spec.tracking.uri)
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already finished; nothing to resume")
+    logged = flatten(yaml.safe_load(logged_pipeline(run_id, spec.tracking.uri)))
+    now = flatten(yaml.safe_load(spec.to_yaml()))
+    changed = sorted(k for k in logged.keys() | now.keys() if logged.get(k) != now.get(k))
+    if changed:
+        raise ResumeError(
+            f"run {run_id} was started with a different pipeline; differing keys: "
+            + ", ".join(changed)
+        )
+
+
+def pipeline_of(run_id: str, uri: str | None = None) -> PipelineSpec:
+    """The resolved pipeline a run was started with, validated again."""
+    import yaml
+
+    from plexa.config import validate
+
+    return validate(yaml.safe_load(logged_pipeline(run_id, uri)), f"pipeline of run {run_id}")
 
 
 @dataclass
@@ -225,42 +385,71 @@ def recent_runs(limit: int = 20, uri: str | None = None) -> list[RunRow]:
     return rows
 
 
+def experiment_id(client: MlflowClient, name: str, artifacts: str | None = None) -> str:
+    """The experiment called `name`, created when missing (by another process meanwhile too)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def start_run(
+    uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str], spec: PipelineSpec
+) -> Tracker:
+    """A new run with the pipeline's tags, its flattened params and its YAML."""
+    import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(
+        experiment_id(client, experiment), tags=resolve_tags(dict(tags)), run_name=run_name
+    )
+    tracker = Tracker(run.info.run_id, uri)
+    tracker.log_params(flatten(spec.model_dump(mode="json")))
+    tracker.log_text(spec.to_yaml(), PIPELINE_ARTIFACT)
+    return tracker
+
+
 @contextlib.contextmanager
 def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]:
     """Start (or reopen, for `--resume`) the pipeline's MLflow run; close it with the right
     status: FINISHED, KILLED on Ctrl-C, FAILED on an error."""
     import mlflow
 
-    from plexa.runners import RunInterrupted
+    from plexa import tracking_failover
 
     uri = resolve_uri(spec.tracking.uri)
     mlflow.set_tracking_uri(uri)
-    system = spec.tracking.system_metrics
-    if system:
-        mlflow.set_system_metrics_sampling_interval(1)
-        mlflow.set_system_metrics_samples_before_logging(1)
-    from plexa import tracking_failover
-
     if resume:
         get_run(resume, uri)
-        run = mlflow.start_run(run_id=resume, log_system_metrics=system)
-        tracker = Tracker(run.info.run_id, uri)
+        tracker = Tracker(resume, uri)
+        tracker.client().update_run(resume, status="RUNNING")
     elif tracking_failover.is_remote(uri):  # a server may fail: fail over to a local store
-        tracker = tracking_failover.open_remote(spec, uri, tags_for(spec), system)
+        tracker = tracking_failover.open_remote(spec, uri, tags_for(spec))
     else:
-        mlflow.set_experiment(spec.tracking.experiment or spec.name)
-        run = mlflow.start_run(
-            run_name=spec.tracking.run_name, tags=tags_for(spec), log_system_metrics=system
-        )
-        mlflow.log_params(flatten(spec.model_dump(mode="json")))
-        mlflow.log_text(spec.to_yaml(), PIPELINE_ARTIFACT)
-        tracker = Tracker(run.info.run_id, uri)
+        experiment = spec.tracking.experiment or spec.name
+        tracker = start_run(uri, experiment, spec.tracking.run_name, tags_for(spec), spec)
+    point_mlflow_at(tracker.active_uri, tracker.active_run_id)
+    if spec.tracking.system_metrics:
+        tracker.start_system_metrics(resume=resume is not None)
     status = "FAILED"
     try:
         yield tracker
         status = "FINISHED"
     except (RunInterrupted, KeyboardInterrupt):
         status = "KILLED"
+        raise
+    except PlexaError as exc:
+        message = str(exc)[:5000]
+        tracker.guarded("the error", lambda: tracker.set_tags({ERROR_TAG: message}))
         raise
     finally:
         tracker.close(status)

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plexa.tracking import PIPELINE_ARTIFACT, Tracker, flatten
+from plexa.errors import UserError
+from plexa.runs import runs_root
+from plexa.tracking import PIPELINE_ARTIFACT, Tracker, flatten, point_mlflow_at
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -45,7 +47,7 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PARAM_BATCH = 100
 
 
-class SyncError(RuntimeError):
+class SyncError(UserError, RuntimeError):
     """An offline run could not be copied to the server; the message says which and why."""
 
 
@@ -55,8 +57,6 @@ def is_remote(uri: str) -> bool:
 
 def offline_uri() -> str:
     """The local store runs fail over to: one sqlite file for all of them, artifacts beside."""
-    from plexa.orchestrator import runs_root
-
     folder = runs_root() / OFFLINE_DIR
     return f"sqlite:///{folder / 'mlflow.db'}"
 
@@ -105,8 +105,6 @@ class FailoverTracker(Tracker):
     journal: Journal = field(default_factory=Journal)
     offline_run_id: str | None = None
     failed_at: str | None = None  # what was being logged when the server was found gone
-    system: bool = False  # MLflow's system metrics, sampled for whichever run is active
-    _pending: list[Any] = field(default_factory=list)  # futures of asynchronous metric batches
 
     @property
     def offline(self) -> bool:
@@ -123,51 +121,28 @@ class FailoverTracker(Tracker):
     # ------------------------------------------------------------------ logging
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import mlflow
-
         now = int(time.time() * 1000)
         self.journal.metrics += [(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self._check_pending()
-        if self.offline:
-            mlflow.log_metrics(dict(metrics), step=step, run_id=self.offline_run_id)
-            return
-        try:
-            operation = mlflow.log_metrics(
-                dict(metrics), step=step, synchronous=self.synchronous, run_id=self.run_id
-            )
-        except Exception as exc:
-            self._fail_over(exc, "metrics")
-            return
-        if operation is not None:
-            self._pending += getattr(operation, "_operation_futures", [])
+        # the journal holds the batch: after a failover it is replayed, not sent again
+        self._guarded("metrics", lambda: Tracker.log_metrics(self, metrics, step), retry=False)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        import mlflow
-
         self.journal.params.update({k: str(v) for k, v in params.items()})
-        self._guarded("params", lambda: mlflow.log_params(dict(params)))
+        self._guarded("params", lambda: Tracker.log_params(self, params))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        import mlflow
-
         self.journal.tags.update(tags)
+        self._guarded("tags", lambda: Tracker.set_tags(self, tags))
 
-        def send() -> None:
-            client = mlflow.MlflowClient(self.active_uri)
-            for key, value in tags.items():
-                client.set_tag(self.active_run_id, key, value)
-
-        self._guarded("tags", send)
+    def log_text(self, text: str, path: str) -> None:
+        self.journal.texts[path] = text
+        self._guarded(f"text {path}", lambda: Tracker.log_text(self, text, path))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        import mlflow
-
-        self._guarded(f"artifact {path.name}", lambda: mlflow.log_artifact(str(path), folder))
+        self._guarded(f"artifact {path.name}", lambda: Tracker.log_artifact(self, path, folder))
 
     def log_figure(self, figure: Any, name: str) -> None:
-        import mlflow
-
-        self._guarded(f"figure {name}", lambda: mlflow.log_figure(figure, f"plots/{name}"))
+        self._guarded(f"figure {name}", lambda: Tracker.log_figure(self, figure, name))
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         """From the journal: complete whichever store has the run now, and no round trip."""
@@ -177,18 +152,22 @@ class FailoverTracker(Tracker):
             out[key] = sorted(points.items())
         return out
 
+    def stored_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        return self._guarded("a metric history", lambda: Tracker.stored_history(self, keys))
+
     def guarded(self, what: str, action: Any) -> Any:
-        """Run `action()` (which logs to the active run); on a server failure fail over and run
-        it again locally. For logging the orchestrator does outside the tracker (the ONNX
-        model and its registry version)."""
+        """Run `action()` (which logs through this tracker's active run); on a server failure
+        fail over and run it again locally. For logging done outside the tracker's own methods
+        (the ONNX model and its registry version)."""
         return self._guarded(what, action)
 
     def close(self, status: str) -> None:
         """Flush, end the active run with `status`, and say how to sync an offline run."""
-        import mlflow
-
-        self._guarded("the pending metrics", self._flush)
-        self._guarded("the run's status", lambda: mlflow.end_run(status))
+        self._guarded("the pending metrics", self.flush, retry=False)
+        self._stop_system_metrics()
+        self._guarded(
+            "the run's status", lambda: self.client().set_terminated(self.active_run_id, status)
+        )
         if self.offline:
             logger.warning(self.sync_advice())
 
@@ -206,49 +185,14 @@ class FailoverTracker(Tracker):
 
     # ------------------------------------------------------------------ failing over
 
-    def _guarded(self, what: str, action: Any) -> Any:
-        self._check_pending()
-        self._follow_failover()
+    def _guarded(self, what: str, action: Any, retry: bool = True) -> Any:
         try:
             return action()
         except Exception as exc:
             if self.offline:
                 raise
             self._fail_over(exc, what)
-            return action()
-
-    def _follow_failover(self) -> None:
-        """MLflow keeps a stack of active runs per thread: after a failover in another thread
-        (the Ray runner's epoch relay), this thread still holds the server's run, so its fluent
-        calls (figures, checkpoints, the model) would go to a run the local store lacks."""
-        if not self.offline:
-            return
-        import mlflow
-        from mlflow.tracking import fluent
-
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.offline_run_id:
-            return
-        stack = fluent._active_run_stack.get()
-        if stack and stack[-1].info.run_id == self.run_id:
-            stack.pop()
-        mlflow.start_run(run_id=self.offline_run_id, log_system_metrics=False)
-
-    def _flush(self) -> None:
-        import mlflow
-
-        mlflow.flush_async_logging()
-        self._check_pending()
-
-    def _check_pending(self) -> None:
-        """An asynchronous metric batch that failed means the server is gone: fail over (the
-        journal holds the batch, so nothing is lost)."""
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in done:
-            exc = future.exception()
-            if exc is not None and not self.offline:
-                self._fail_over(exc, "metrics")
+            return action() if retry else None
 
     def _fail_over(self, exc: BaseException, what: str) -> None:
         if self.offline or not unavailable(exc):
@@ -258,26 +202,20 @@ class FailoverTracker(Tracker):
             "MLflow server %s failed %s; the run goes on in the local store %s",
             self.uri, self.failed_at, offline_uri(),
         )  # fmt: skip
-        self._pending = []
-        remote_run_id = self.run_id
+        self._pending = None  # its batch is in the journal
+        # the server run's sampler ends by itself once it cannot reach the server; waiting for
+        # it to finish would wait out MLflow's retries
+        self._monitor = None
         self.offline_run_id = start_offline_run(
-            self.experiment, self.run_name, self.journal, self.uri, remote_run_id, self.system
+            self.experiment, self.run_name, self.journal, self.uri, self.run_id or None
         )
+        if self.system_metrics:
+            self.start_system_metrics()
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:160] if text else ""
-
-
-def _offline_experiment(client: MlflowClient, name: str) -> str:
-    from plexa.orchestrator import runs_root
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifacts = (runs_root() / OFFLINE_DIR / "artifacts").as_uri()
-    return client.create_experiment(name, artifact_location=f"{artifacts}/{name}")
 
 
 def start_offline_run(
@@ -286,13 +224,13 @@ def start_offline_run(
     journal: Journal,
     remote_uri: str,
     remote_run_id: str | None,
-    system: bool = False,
 ) -> str:
-    """Open a run in the local store, replay the journal into it, and make it MLflow's active
-    run so that every later fluent call (figures, checkpoints, the ONNX model) lands there."""
+    """Open a run in the local store and replay the journal into it; MLflow's default client
+    points there from now on (the ONNX model logs through it)."""
     import mlflow
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import fluent
+
+    from plexa.tracking import experiment_id
 
     uri = offline_uri()
     Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -300,8 +238,12 @@ def start_offline_run(
     tags = {**journal.tags, REMOTE_URI_TAG: remote_uri}
     if remote_run_id:
         tags[REMOTE_RUN_TAG] = remote_run_id
-    experiment_id = _offline_experiment(client, experiment)
-    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    artifacts = (runs_root() / OFFLINE_DIR / "artifacts").as_uri()
+    run = client.create_run(
+        experiment_id(client, experiment, f"{artifacts}/{experiment}"),
+        tags=tags,
+        run_name=run_name,
+    )
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in journal.params.items()]
     for start in range(0, len(params), _PARAM_BATCH):
@@ -311,26 +253,16 @@ def start_offline_run(
         client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
     for path, text in journal.texts.items():
         client.log_text(run_id, text, path)
-
-    # the server's run is MLflow's active run; ending it would need the server, so it is
-    # taken off MLflow's stack of active runs (it stays RUNNING there until `plexa sync`)
-    stack = fluent._active_run_stack.get()
-    if stack and stack[-1].info.run_id == remote_run_id:
-        stack.pop()
-    monitor = fluent.run_id_to_system_metrics_monitor.pop(remote_run_id, None)
-    if monitor is not None:  # stop sampling for the server's run without a last upload to it
-        monitor._shutdown_event.set()
-    fluent.MLFLOW_RUN_ID.unset()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=experiment_id)  # the server's id means nothing here
-    mlflow.start_run(run_id=run_id, log_system_metrics=system)
+    point_mlflow_at(uri, run_id)
     return run_id
 
 
-def open_remote(spec: PipelineSpec, uri: str, tags: dict[str, str], system: bool) -> Tracker:
+def open_remote(spec: PipelineSpec, uri: str, tags: dict[str, str]) -> Tracker:
     """Start the pipeline's run on an MLflow server; if the server does not answer, start it
     in the local store at once."""
     import mlflow
+
+    from plexa.tracking import experiment_id
 
     experiment = spec.tracking.experiment or spec.name
     journal = Journal(
@@ -344,17 +276,16 @@ def open_remote(spec: PipelineSpec, uri: str, tags: dict[str, str], system: bool
         experiment=experiment,
         run_name=spec.tracking.run_name,
         journal=journal,
-        system=system,
     )
     if reachable(uri):
         try:
-            mlflow.set_experiment(experiment)
-            run = mlflow.start_run(
-                run_name=spec.tracking.run_name, tags=tags, log_system_metrics=system
+            client = mlflow.MlflowClient(uri)
+            run = client.create_run(
+                experiment_id(client, experiment), tags=tags, run_name=spec.tracking.run_name
             )
             tracker.run_id = run.info.run_id
-            mlflow.log_params(journal.params)
-            mlflow.log_text(journal.texts[PIPELINE_ARTIFACT], PIPELINE_ARTIFACT)
+            Tracker.log_params(tracker, journal.params)
+            Tracker.log_text(tracker, journal.texts[PIPELINE_ARTIFACT], PIPELINE_ARTIFACT)
             return tracker
         except Exception as exc:
             if not unavailable(exc):
@@ -367,7 +298,7 @@ def open_remote(spec: PipelineSpec, uri: str, tags: dict[str, str], system: bool
         uri, tracker.failed_at, offline_uri(),
     )  # fmt: skip
     tracker.offline_run_id = start_offline_run(
-        experiment, spec.tracking.run_name, journal, uri, tracker.run_id or None, system
+        experiment, spec.tracking.run_name, journal, uri, tracker.run_id or None
     )
     if not tracker.run_id:
         tracker.run_id = tracker.offline_run_id  # no server run: the local id names the folder

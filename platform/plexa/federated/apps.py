@@ -5,8 +5,8 @@ and the run folder. In simulation the runner hands its path to `server_app(job)`
 `client_app(job)`; a deployment passes it as the run config key `job` to the module-level
 `serverapp` and `clientapp` (the Flower app's components).
 
-A client trains with plexa's own pieces (the task module, `MemoryData`, `EpochSeed`, a
-Lightning Trainer) on its partition of the data plugin's training split; FedProx adds its
+A client trains with plexa's own pieces (`plexa.assembly`, `plexa.training`'s Trainer and
+in-memory data, `EpochSeed`) on its partition of the data plugin's training split; FedProx adds its
 proximal term as a gradient hook, so no training loop is forked. The server evaluates the
 global model centrally on the test split after every round and logs the round to MLflow.
 """
@@ -55,6 +55,9 @@ class Job:
     run_id: str
     tracking_uri: str
     run_dir: str
+    # the ServerApp logs each round itself (a deployment: it runs in another process); in a
+    # simulation the runner logs the rounds it is handed through its own tracker
+    log_rounds: bool = True
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(self.__dict__))
@@ -96,27 +99,10 @@ def load_record(module: torch.nn.Module, arrays: ArrayRecord) -> None:
 
 
 def accelerator(spec: PipelineSpec) -> str:
-    if spec.compute.accelerator == "gpu":
-        return "gpu"
-    if spec.compute.accelerator == "auto" and torch.cuda.is_available():
-        return "gpu"
-    return "cpu"
+    """One client's or the server's device: what `compute.accelerator` resolves to here."""
+    from plexa.training import placement
 
-
-def build_module(spec: PipelineSpec, data: DataSplits) -> L.LightningModule:
-    """The architecture plugin's network in its task module, seeded like a local run."""
-    from plexa.plugins import architectures
-    from plexa.tasks import wrap
-
-    L.seed_everything(spec.train.seed, workers=True, verbose=False)
-    net = architectures.create(spec.model.plugin).build(spec.model_config_(), data.spec)
-    return wrap(net, data.spec.task, spec.train)
-
-
-def load_data(spec: PipelineSpec) -> DataSplits:
-    from plexa.plugins import datasets
-
-    return datasets.create(spec.data.plugin).load(spec.data_config(), spec.train.seed)
+    return str(placement(spec.compute)["accelerator"])
 
 
 def partitions(spec: PipelineSpec, data: DataSplits) -> list[Any]:
@@ -130,20 +116,19 @@ def partitions(spec: PipelineSpec, data: DataSplits) -> list[Any]:
 
 
 def make_trainer(spec: PipelineSpec, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
-    """A Trainer for one client's round or one central test: no checkpoints, no logger, no
-    validation (the server evaluates), one device; a round is too short for more."""
-    return L.Trainer(
-        max_epochs=epochs,
+    """A Trainer for one client's round: no checkpoints, no validation (the server
+    evaluates), one device; a round is too short for more."""
+    from plexa.training import trainer
+
+    return trainer(
+        spec.train,
+        epochs=epochs,
+        callbacks=callbacks,
+        clip=False,
+        checkpointing=False,
+        validation=False,
         accelerator=accelerator(spec),
         devices=1,
-        precision=spec.train.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
     )
 
 
@@ -185,10 +170,12 @@ def _client_state(job_path: str) -> _ClientState:
         from plexa.quiet import quiet_libraries
 
         quiet_libraries()
+        from plexa.assembly import build, load_data
+
         spec = Job.read(job_path).spec()
         data = load_data(spec)
         _CLIENTS[job_path] = _ClientState(
-            spec, data, partitions(spec, data), build_module(spec, data)
+            spec, data, partitions(spec, data), build(spec, data).module
         )
     return _CLIENTS[job_path]
 
@@ -205,7 +192,7 @@ def _maybe_fail(partition_id: int) -> None:
 def train_client(job_path: str, msg: Message, context: Context) -> Message:
     """One round on one client: load the global model, train local epochs, reply."""
     from plexa.plugins import DataSplits, Split
-    from plexa.runners.local import memory_data
+    from plexa.training import memory_data
 
     started = time.perf_counter()
     state = _client_state(job_path)
@@ -264,14 +251,17 @@ class CentralEvaluation:
     (server metrics, aggregated and per-client metrics, failures, seconds) to MLflow."""
 
     def __init__(self, job: Job, strategy: strategies.Observed, sinks: list[RoundSink]) -> None:
+        from plexa.assembly import build, load_data
         from plexa.tracking import Tracker
 
         self.job, self.strategy, self.sinks = job, strategy, sinks
         self.spec = job.spec()
         self.data = load_data(self.spec)
-        self.module = build_module(self.spec, self.data)
+        self.module = build(self.spec, self.data).module
         # a separate process (a deployment's ServerApp) may be stopped at any moment
-        self.tracker = Tracker(job.run_id, job.tracking_uri, synchronous=True)
+        self.tracker = (
+            Tracker(job.run_id, job.tracking_uri, synchronous=True) if job.log_rounds else None
+        )
         self.history: list[dict[str, float]] = []
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -286,22 +276,19 @@ class CentralEvaluation:
             metrics.update({f"clients/{k}": v for k, v in record.aggregated.items()})
             for pid, values in record.clients.items():
                 metrics.update({f"client_{pid}/{k}": v for k, v in values.items()})
-        self.tracker.log_metrics(metrics, step=server_round)
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=server_round)
         self.history.append({"round": server_round, **metrics})
         for sink in self.sinks:
             sink(server_round, metrics)
         return MetricRecord({k: v for k, v in metrics.items() if k.startswith("server/")})
 
     def test(self) -> dict[str, float]:
-        from plexa.runners.local import memory_data
+        from plexa.training import test
 
-        trainer = make_trainer(self.spec, 1, [])
-        results = trainer.test(
-            self.module,
-            datamodule=memory_data(self.module, self.data, self.spec.train),
-            verbose=False,
+        return test(
+            self.module, self.data, self.spec.train, accelerator=accelerator(self.spec), devices=1
         )
-        return {k: float(v) for k, v in results[0].items()} if results else {}
 
 
 def serve(job_path: str, grid: Grid, sinks: list[RoundSink]) -> None:

@@ -1,44 +1,74 @@
-"""Runners turn a validated pipeline into a trained model. Each has one `run(...)` and all of
-them return the same `RunResult`."""
+"""Runners turn a validated pipeline into a trained, tracked and exported model.
+
+One contract (`plexa.runners.base.Runner`), one implementation per mode, looked up by name:
+`local` (Lightning on this machine, DDP included), `ray` (Ray Train workers), `federated`
+(Flower rounds) and `sweep` (Ray Tune trials). Every runner returns the same `RunResult`.
+A third party adds one with `register` as a call or a decorator.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
+
+from plexa import runner_registry
+from plexa.config import PipelineSpec
+from plexa.errors import RunInterrupted, UserError
+from plexa.runners.base import Job, Runner, RunResult, Trained
 
 if TYPE_CHECKING:
-    import lightning as L
+    from collections.abc import Callable
+
+__all__ = [
+    "Job",
+    "RunInterrupted",
+    "RunResult",
+    "Runner",
+    "Trained",
+    "for_pipeline",
+    "get",
+    "names",
+    "register",
+]
+
+R = TypeVar("R", bound=type[Runner])
 
 
-class RunInterrupted(Exception):
-    """Ctrl-C (or SIGTERM) stopped training; the last checkpoint is kept for `--resume`."""
+def register(name: str, cls: R | None = None) -> R | Callable[[R], R]:
+    """Register a runner class under `name`: `register("mine", Mine)` or `@register("mine")`.
+    An installed package declares it instead, as an entry point of the group `plexa.runners`."""
 
-    def __init__(self, run_id: str | None, last_checkpoint: Path | None) -> None:
-        self.run_id, self.last_checkpoint = run_id, last_checkpoint
-        super().__init__(f"run {run_id} interrupted; last checkpoint: {last_checkpoint}")
+    def add(runner: R) -> R:
+        if not (isinstance(runner, type) and issubclass(runner, Runner)):
+            raise TypeError(f"runner '{name}' must subclass plexa.runners.base.Runner")
+        runner_registry.register(name, runner)
+        return runner
 
-
-@dataclass
-class Trained:
-    """What a runner's training leaves: test metrics and checkpoints (here so that the Ray
-    driver need not import torch and Lightning before its workers start)."""
-
-    module: L.LightningModule | None  # None where training ran in other processes (Ray)
-    metrics: dict[str, float]
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
+    return add(cls) if cls is not None else add
 
 
-@dataclass
-class RunResult:
-    pipeline: str
-    run_id: str | None
-    status: str  # FINISHED, KILLED
-    metrics: dict[str, float] = field(default_factory=dict)  # test metrics and best val
-    best_checkpoint: Path | None = None
-    last_checkpoint: Path | None = None
-    export: Any = None  # plexa.export.ExportResult when exported
-    seconds: float = 0.0
-    tracking_uri: str | None = None
-    model: Any = field(default=None, repr=False)  # the trained LightningModule, in process
+def names() -> list[str]:
+    return runner_registry.names()
+
+
+def get(name: str) -> Runner:
+    """A new runner of that name; an unknown name lists the known ones."""
+    cls = runner_registry.load(name)
+    if cls is None:
+        raise UserError(f"unknown runner '{name}'; known runners: {', '.join(names())}")
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise UserError(f"runner '{name}' ({cls!r}) does not subclass plexa.runners.base.Runner")
+    return cls()
+
+
+def name_for(spec: PipelineSpec) -> str:
+    """The runner a pipeline asks for: its `federated:` or `sweep:` section, else
+    `compute.runner`."""
+    if spec.federated is not None:
+        return "federated"
+    if spec.sweep is not None:
+        return "sweep"
+    return spec.compute.runner
+
+
+def for_pipeline(spec: PipelineSpec) -> Runner:
+    return get(name_for(spec))

@@ -10,52 +10,67 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import PipelineSpec
-from plexa.runners import RunResult
+from plexa.errors import ResumeError, RunFailed, UserError
+from plexa.events import Event
+from plexa.runners import register
+from plexa.runners.base import Job, Runner, Trained
+from plexa.runs import checkpoint
 
 if TYPE_CHECKING:
-    import lightning as L
-
     from plexa.federated.apps import RoundSink
     from plexa.plugins import DataSplits
     from plexa.tracking import Tracker
 
 
-def run(
-    spec: PipelineSpec, *, deploy: bool = False, sinks: Sequence[RoundSink] = ()
-) -> RunResult:
-    """Run the pipeline's `federated:` rounds and return the shared RunResult.
+@register("federated")
+class FederatedRunner(Runner):
+    """Flower rounds, simulated in this process; `deploy=True` runs a SuperLink and one
+    SuperNode per client as separate processes on loopback instead (`plexa federate
+    --deploy`)."""
 
-    `sinks` get (round, metrics) after each round's central evaluation; a deployed ServerApp
-    runs in another process, so there they are read back from MLflow once a second.
-    """
-    import torch
+    name = "federated"
 
-    from plexa import orchestrator, tracking
-    from plexa.federated import apps
+    def __init__(self, deploy: bool = False) -> None:
+        self.deploy = deploy
 
-    fed = spec.federated
-    if fed is None:
-        raise ValueError(f"pipeline '{spec.name}' has no federated: section")
-    started = time.perf_counter()
-    with tracking.open_run(spec) as tracker:
-        run_dir = orchestrator.runs_root() / tracker.run_id
+    def check(self, spec: PipelineSpec, resume: str | None) -> None:
+        if spec.federated is None:
+            raise UserError("the federated runner needs a federated: section in the pipeline")
+        if resume:
+            raise ResumeError("a federated run cannot be resumed; start it again")
+
+    def train(self, job: Job) -> Trained:
+        import torch
+
+        from plexa.assembly import build, load_data
+        from plexa.federated import apps
+        from plexa.training import test
+
+        spec, tracker, run_dir = job.spec, job.tracker, job.run_dir
+        fed = spec.federated
+        assert fed is not None
         run_dir.mkdir(parents=True, exist_ok=True)
-        data = apps.load_data(spec)
+        data = load_data(spec)
         parts = apps.partitions(spec, data)
-        module = apps.build_module(spec, data)
-        orchestrator._log_setup(tracker, module, data, run_dir)
-        tracker.set_tags({"plexa.runner": "federated", "plexa.federated.mode": _mode(deploy)})
+        built = build(spec, data)
+        job.log_setup(built)
+        tracker.set_tags({"plexa.federated.mode": _mode(self.deploy)})
         _log_partition(tracker, data, parts)
 
-        job = apps.Job(spec.to_yaml(), tracker.run_id, tracker.uri, str(run_dir))
-        job_path = job.write(run_dir / "job.json")
-        if deploy:
+        def round_sink(server_round: int, metrics: dict[str, float]) -> None:
+            if not self.deploy:  # a deployed ServerApp logs its rounds itself
+                tracker.log_metrics(metrics, step=server_round)
+            job.emit(Event("round", server_round - 1, fed.rounds, metrics))
+
+        task = apps.Job(
+            spec.to_yaml(), tracker.run_id, tracker.active_uri, str(run_dir), self.deploy
+        )
+        job_path = task.write(run_dir / "job.json")
+        if self.deploy:
             from plexa.federated import deploy as deployment
 
             deployment.run(
@@ -64,46 +79,21 @@ def run(
                 fed.rounds,
                 run_dir / "deploy",
                 fed.round_timeout,
-                on_wait=_RoundPoller(tracker, list(sinks)),
+                on_wait=_RoundPoller(tracker, [round_sink]),
             )
         else:
-            simulate(job_path, spec, list(sinks))
+            simulate(job_path, spec, [round_sink])
         final = run_dir / apps.GLOBAL_STATE
         if not final.exists():
-            raise RuntimeError(f"the ServerApp ended without writing the global model ({final})")
+            raise RunFailed(f"the ServerApp ended without writing the global model ({final})")
+        module = built.module
         module.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
-        checkpoint = run_dir / "checkpoints" / "best.ckpt"  # what `plexa export` reloads
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": module.state_dict()}, checkpoint)
-        tracker.log_artifact(checkpoint, "checkpoints")
+        saved = checkpoint(run_dir, "best")  # what `plexa export` reloads
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": module.state_dict()}, saved)
         tracker.log_artifact(run_dir / apps.ROUNDS_FILE, "federated")
-
-        metrics = _test(spec, module, data)
-        tracker.log_metrics(metrics)
-        net = module.net if hasattr(module, "net") else module
-        orchestrator._log_results(tracker, net, data)
-        exported = None
-        if spec.export.onnx:
-            from plexa.export import export_and_log
-            from plexa.plugins import architectures
-
-            arch = architectures.create(spec.model.plugin)
-            exported = export_and_log(
-                arch.export_module(net), spec, data, run_dir / "export", tracker.run_id
-            )
-
-    return RunResult(
-        pipeline=spec.name,
-        run_id=tracker.run_id,
-        status="FINISHED",
-        metrics=metrics,
-        best_checkpoint=checkpoint,
-        last_checkpoint=checkpoint,
-        export=exported,
-        seconds=time.perf_counter() - started,
-        tracking_uri=tracker.uri,
-        model=module,
-    )
+        metrics = test(module, data, spec.train, accelerator=apps.accelerator(spec), devices=1)
+        return Trained(metrics, saved, saved, built)
 
 
 def _mode(deploy: bool) -> str:
@@ -141,26 +131,13 @@ def simulate(job_path: Path, spec: PipelineSpec, sinks: list[RoundSink]) -> None
         quiet.setLevel(level)
 
 
-def _test(spec: PipelineSpec, module: L.LightningModule, data: DataSplits) -> dict[str, float]:
-    """Test metrics of the final global model, as a local run reports them."""
-    from plexa.federated.apps import make_trainer
-    from plexa.runners.local import memory_data
-
-    results = make_trainer(spec, 1, []).test(
-        module, datamodule=memory_data(module, data, spec.train), verbose=False
-    )
-    return {k: float(v) for k, v in results[0].items()} if results else {}
-
-
 def _log_partition(tracker: Tracker, data: DataSplits, parts: list[Any]) -> None:
     """The partition plot (label counts per client) and each client's size."""
-    import mlflow
-
     from plexa import plots
     from plexa.federated.partition import label_counts
 
     sizes = [len(p) for p in parts]
-    mlflow.log_params(
+    tracker.log_params(
         {
             "federated.client_size_min": min(sizes),
             "federated.client_size_max": max(sizes),
@@ -192,14 +169,11 @@ class _RoundPoller:
     def __call__(self) -> None:
         if not self.sinks:
             return
-        import mlflow
-
-        client = mlflow.MlflowClient(self.tracker.uri)
         rounds: dict[int, dict[str, float]] = {}
-        for key in self.KEYS:
-            for point in client.get_metric_history(self.tracker.run_id, key):
-                if point.step not in self.seen:
-                    rounds.setdefault(point.step, {})[key] = point.value
+        for key, points in self.tracker.stored_history(list(self.KEYS)).items():
+            for step, value in points:
+                if step not in self.seen:
+                    rounds.setdefault(step, {})[key] = value
         for step in sorted(rounds):
             if "server/test/acc" in rounds[step] or "server/test/loss" in rounds[step]:
                 self.seen.add(step)

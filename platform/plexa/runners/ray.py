@@ -7,12 +7,13 @@ importing it, and torch and Lightning there would only delay the workers' start.
 Only placement changes: with more than one worker Ray's DDP strategy and cluster environment
 replace Lightning's own (one worker trains as Lightning alone would), a hook hands saved
 checkpoints to Ray (so a restarted worker group resumes from the last), and rank zero announces
-each epoch to the driver, which logs it to its MLflow run (`epoch_relay`). Model and task code
-are untouched.
+each epoch to the driver, which emits it as an event to the run's sinks (`epoch_relay`). Model
+and task code are untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -20,18 +21,19 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import ComputeSpec, PipelineSpec
+from plexa.errors import RunFailed, RunInterrupted, UnreachableError
 from plexa.interrupts import sigterm_as_ctrl_c
+from plexa.runners import register
+from plexa.runners.base import Job, Runner, Trained
+from plexa.runs import CHECKPOINTS, checkpoint
 
 if TYPE_CHECKING:
     import lightning as L
-
-    from plexa.runners import Trained
-    from plexa.tracking import Tracker
 
 INSTALL_HINT = "the ray runner needs Ray Train: pip install 'plexa[ray]'"
 # how often Ray Train's controller collects a report from each worker (Ray's own setting, which
@@ -44,7 +46,9 @@ def _ray() -> Any:
         import ray
         import ray.train  # noqa: F401
     except ImportError as exc:  # heavy and optional: say how to get it
-        raise ImportError(INSTALL_HINT) from exc
+        from plexa.errors import UserError
+
+        raise UserError(INSTALL_HINT) from exc
     return ray
 
 
@@ -68,7 +72,7 @@ def _connect(compute: ComputeSpec) -> bool:
         except ConnectionError as exc:
             # a token-auth cluster answers a driver without the token only with retries, then
             # this; Ray reads RAY_AUTH_MODE once at import, so it must be set before plexa starts
-            raise ConnectionError(
+            raise UnreachableError(
                 f"{exc}. If the cluster uses token authentication, run plexa with "
                 "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named "
                 "by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)."
@@ -85,92 +89,118 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def run(
-    spec: PipelineSpec,
-    run_dir: Path,
-    *,
-    tracker: Tracker,
-    callbacks: Sequence[L.Callback] = (),
-    resume_from: Path | None = None,
-    owns_ray: bool | None = None,
-    sinks: Sequence[Callable[[int, dict[str, float]], None]] = (),
-) -> Trained:
-    """Train on `compute.workers` Ray Train workers; rank zero's epochs reach `tracker`'s run.
+@contextlib.contextmanager
+def ray_session(spec: PipelineSpec) -> Iterator[None]:
+    """Start (or join) Ray while a thread warms the tracking store; stop the Ray started here.
 
-    Returns the test metrics and the best and last checkpoints, copied to `run_dir`; the
-    caller builds its own model from them (`module` is None). `owns_ray`: the caller already
-    connected, and started Ray itself (True) or not; None: connect here. `sinks` get each
-    epoch rank zero announces (the default prints it), here in the driver."""
-    ray = _ray()
-    from ray import cloudpickle
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    A fresh MLflow store migrates its schema, seconds of Python, while `ray.init` mostly waits
+    for its processes to come up: done side by side, the store costs the run's start-up
+    nothing. The store's client is cached per URI, so the run opens it warm.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
-    from plexa.plugins import architectures, datasets
-    from plexa.runners import RunInterrupted, Trained
+    from plexa.tracking import warm_store
 
-    c = spec.compute
-    embedded = connect(c) if owns_ray is None else owns_ray
-    config = {
-        "spec": spec.model_dump(mode="json"),
-        "run_id": tracker.run_id,
-        "run_dir": str(run_dir),
-        # plugins registered in this process (decorators) travel with the job, as bytes that
-        # only the workers unpickle: unpickled, they would import torch and Lightning into
-        # Ray Train's controller too, seconds of its start-up before any worker starts
-        "payload": cloudpickle.dumps(
-            {
-                "plugins": (architectures.get(spec.model.plugin), datasets.get(spec.data.plugin)),
-                "callbacks": list(callbacks),
-            }
-        ),
-    }
-    resources = {"CPU": c.cpus_per_worker, "GPU": c.gpus_per_worker}
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=f"plexa-{tracker.run_id}",
-            storage_path=str(run_dir / "ray"),
-            failure_config=FailureConfig(max_failures=c.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        resume_from_checkpoint=(
-            Checkpoint.from_directory(str(resume_from.parent)) if resume_from else None
-        ),
-    )
-    from plexa.runners.epoch_relay import Relay
-
-    previous = signal.getsignal(signal.SIGINT)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(warm_store, spec.tracking.uri)
+        owned = connect(spec.compute)
     try:
-        with Relay(tracker, sinks or [_print_epoch]):
-            result = trainer.fit()
-    except (SystemExit, KeyboardInterrupt):
-        # Ctrl-C (or SIGTERM, plexa.interrupts) went to Ray Train's handler, which aborted the
-        # controller and its workers; the driver's wait for them then ends in SystemExit
-        raise RunInterrupted(None, _latest_checkpoint(run_dir)) from None
+        yield
     finally:
-        # Ray Train leaves its own Ctrl-C handler behind, aimed at a controller that is gone
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
-        if embedded:
-            ray.shutdown()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
+        if owned:
+            shutdown()
 
-    # the final checkpoint holds best.ckpt and last.ckpt from rank zero's node
-    local = run_dir / "checkpoints"
-    local.mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as folder:
-        for name in ("best.ckpt", "last.ckpt"):
-            if (Path(folder) / name).exists():
-                shutil.copy2(Path(folder) / name, local / name)
-    best = local / "best.ckpt" if (local / "best.ckpt").exists() else local / "last.ckpt"
-    metrics = {k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))}
-    return Trained(None, metrics, best, local / "last.ckpt")
+
+@register("ray")
+class RayRunner(Runner):
+    name = "ray"
+
+    def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
+        return ray_session(spec)
+
+    def train(self, job: Job) -> Trained:
+        """Train on `compute.workers` Ray Train workers; rank zero's epochs reach the job's
+        sinks here in the driver. The best and last checkpoints are copied to the run folder;
+        `finish` builds the model from them."""
+        from ray import cloudpickle
+        from ray.train import (
+            Checkpoint,
+            CheckpointConfig,
+            FailureConfig,
+            RunConfig,
+            ScalingConfig,
+        )
+        from ray.train.torch import TorchTrainer
+
+        from plexa.plugins import architectures, datasets
+        from plexa.runners.epoch_relay import Relay
+
+        spec, run_dir, c = job.spec, job.run_dir, job.spec.compute
+        run_id = job.tracker.run_id
+        config = {
+            "spec": spec.model_dump(mode="json"),
+            "run_id": run_id,
+            "run_dir": str(run_dir),
+            # plugins registered in this process (decorators) travel with the job, as bytes
+            # that only the workers unpickle: unpickled, they would import torch and Lightning
+            # into Ray Train's controller too, seconds of its start-up before any worker starts
+            "payload": cloudpickle.dumps(
+                {
+                    "plugins": (
+                        architectures.get(spec.model.plugin),
+                        datasets.get(spec.data.plugin),
+                    ),
+                    "callbacks": list(job.callbacks),
+                }
+            ),
+        }
+        resources = {"CPU": c.cpus_per_worker, "GPU": c.gpus_per_worker}
+        resume_from = job.resume_from
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=c.workers,
+                use_gpu=c.gpus_per_worker > 0,
+                resources_per_worker=resources,
+            ),
+            run_config=RunConfig(
+                name=f"plexa-{run_id}",
+                storage_path=str(run_dir / "ray"),
+                failure_config=FailureConfig(max_failures=c.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+            resume_from_checkpoint=(
+                Checkpoint.from_directory(str(resume_from.parent)) if resume_from else None
+            ),
+        )
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            with Relay(job.tracker, [job.epoch_sink()]):
+                result = trainer.fit()
+        except (SystemExit, KeyboardInterrupt):
+            # Ctrl-C (or SIGTERM, plexa.interrupts) went to Ray Train's handler, which aborted
+            # the controller and its workers; the driver's wait for them ends in SystemExit
+            raise RunInterrupted(None, _latest_checkpoint(run_dir)) from None
+        finally:
+            # Ray Train leaves its own Ctrl-C handler behind, aimed at a controller that is gone
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
+        if result.checkpoint is None:
+            raise RunFailed(f"Ray Train finished without a checkpoint: {result.error}")
+
+        # the final checkpoint holds best.ckpt and last.ckpt from rank zero's node
+        local = run_dir / CHECKPOINTS
+        local.mkdir(parents=True, exist_ok=True)
+        with result.checkpoint.as_directory() as folder:
+            for name in ("best.ckpt", "last.ckpt"):
+                if (Path(folder) / name).exists():
+                    shutil.copy2(Path(folder) / name, local / name)
+        best, last = checkpoint(run_dir, "best"), checkpoint(run_dir, "last")
+        metrics = {
+            k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))
+        }
+        return Trained(metrics, best if best.exists() else last, last)
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -184,10 +214,10 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
-    from plexa.orchestrator import assemble
+    from plexa.assembly import assemble, monitor
     from plexa.plugins import architectures, datasets
     from plexa.quiet import quiet_libraries
-    from plexa.runners.local import fit_and_test
+    from plexa.training import fit_and_test
 
     quiet_libraries()
     payload = pickle.loads(config["payload"])
@@ -253,7 +283,7 @@ def _worker(config: dict[str, Any]) -> None:
         checkpoint = None
         if rank == 0:
             snapshot = Path(tempfile.mkdtemp(prefix="plexa-checkpoint-"))
-            for saved in (run_dir / "checkpoints").glob("*.ckpt"):
+            for saved in (run_dir / CHECKPOINTS).glob("*.ckpt"):
                 shutil.copy2(saved, snapshot / saved.name)
             checkpoint = ray.train.Checkpoint.from_directory(str(snapshot))
         ray.train.report(
@@ -263,7 +293,7 @@ def _worker(config: dict[str, Any]) -> None:
             delete_local_checkpoint_after_upload=True,
         )
 
-    _, data, _, module = assemble(spec)
+    built = assemble(spec)
     use_gpu = spec.compute.gpus_per_worker > 0
     placement: dict[str, Any] = {"accelerator": "gpu" if use_gpu else "cpu"}
     if context.get_world_size() > 1:
@@ -277,22 +307,15 @@ def _worker(config: dict[str, Any]) -> None:
         placement.update(devices=1)
     trained = fit_and_test(
         spec,
-        data,
-        module,
+        built.data,
+        built.module,
         run_dir,
-        monitor=getattr(module, "monitor", ("val/loss", "min")),
+        monitor=monitor(built.module),
         sinks=sinks,
         callbacks=callbacks,
         resume_from=resume_from,
         after_save=[hand_to_ray],
         **placement,
     )
-    final = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoints")) if rank == 0 else None
+    final = ray.train.Checkpoint.from_directory(str(run_dir / CHECKPOINTS)) if rank == 0 else None
     ray.train.report(trained.metrics, checkpoint=final)
-
-
-def _print_epoch(epoch: int, metrics: dict[str, float]) -> None:
-    shown = "  ".join(
-        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))
-    )
-    print(f"epoch {epoch + 1:>3}  {shown}  {metrics['epoch_seconds']:.2f}s", flush=True)

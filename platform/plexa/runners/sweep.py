@@ -13,6 +13,7 @@ are, unfinished ones start again, and the search goes on to `sweep.trials`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,9 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import PipelineSpec
-from plexa.runners import RunInterrupted, RunResult
+from plexa.errors import ResumeError, RunFailed, RunInterrupted, UserError
+from plexa.events import Event
+from plexa.runners import register
+from plexa.runners.base import Job, Runner, Trained
+from plexa.runs import checkpoint
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from plexa.sweep.pareto import TrialRow
     from plexa.tracking import Tracker
 
@@ -32,7 +39,7 @@ EXPERIMENT = "sweep"
 _TERMINAL = ("TERMINATED", "ERROR")
 
 
-class SweepError(RuntimeError):
+class SweepError(RunFailed):
     """The sweep ran but left nothing to export: no trial finished."""
 
 
@@ -45,24 +52,27 @@ def target(spec: PipelineSpec) -> tuple[str, str]:
     return metric, mode
 
 
-def _progress_callback() -> Any:
-    """A Tune callback printing one line per trial as it ends (Tune's own output is off)."""
+def _progress_callback(emit: Callable[[Event], None], total: int) -> Any:
+    """A Tune callback emitting an event per trial as it ends (Tune's own output is off)."""
     from ray import tune
 
     class Progress(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def _emit(self, trial: Any, note: str) -> None:
             result = trial.last_result or {}
-            shown = "  ".join(
-                f"{k} {result[k]:.4g}"
-                for k in ("val/acc", "val/loss", "objective", "latency_ms", "params")
-                if isinstance(result.get(k), int | float)
+            metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+            emit(Event("trial", self.ended, total, metrics, note, str(trial.trial_id)))
+            self.ended += 1
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._emit(
+                trial, "finished" if (trial.last_result or {}).get("finished") else "stopped"
             )
-            state = "finished" if result.get("finished") else "stopped"
-            epochs = int(result.get("epochs", 0) or 0)
-            print(f"trial {trial.trial_id} {state} after {epochs} epochs  {shown}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(f"trial {trial.trial_id} failed (recorded as FAILED in MLflow)")
+            self._emit(trial, "failed")
 
     return Progress()
 
@@ -110,7 +120,12 @@ def _scheduler(spec: PipelineSpec, domains: dict[str, Any]) -> Any:
 
 
 def _tuner(
-    spec: PipelineSpec, setup: dict[str, Any], domains: dict[str, Any], storage: Path, resume: bool
+    spec: PipelineSpec,
+    setup: dict[str, Any],
+    domains: dict[str, Any],
+    storage: Path,
+    resume: bool,
+    progress: Any,
 ) -> Any:
     """A new Tuner, or the one saved in the run's folder when resuming."""
     from ray import tune
@@ -126,8 +141,6 @@ def _tuner(
     experiment = storage / EXPERIMENT
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
-            from plexa.orchestrator import ResumeError
-
             raise ResumeError(f"no Tune experiment to resume in {experiment}")
         return tune.Tuner.restore(
             str(experiment),
@@ -157,7 +170,7 @@ def _tuner(
             # a trial's final report ends it before any scheduler acts on it (PBT would
             # otherwise exploit a finished trial and start it again)
             stop={"finished": 1},
-            callbacks=[_progress_callback()],
+            callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
@@ -171,32 +184,40 @@ def _absolute_uri(uri: str) -> str:
     return uri
 
 
-def run(spec: PipelineSpec, *, resume: str | None = None) -> RunResult:
-    """Run (or resume) the sweep of `spec`; the result carries the best trial's test metrics
-    and its registered ONNX export."""
-    from plexa import tracking
-    from plexa.orchestrator import runs_root
-    from plexa.plugins import architectures, datasets
-    from plexa.runners.ray import _ray, connect
-    from plexa.sweep import space as spaces
+@register("sweep")
+class SweepRunner(Runner):
+    name = "sweep"
+    resumes_from_checkpoint = False  # Tune restores its experiment from the run's folder
 
-    sweep = spec.sweep
-    assert sweep is not None
-    started = time.perf_counter()
-    arch_cls = architectures.get(spec.model.plugin)
-    plain, _ = spaces.merged(spec, arch_cls)
-    metric, mode = target(spec)
-    weights = dict(sweep.objectives)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray = _ray()
-    with tracking.open_run(spec, resume) as tracker:
-        run_dir = runs_root() / tracker.run_id
-        tracker.set_tags({"plexa.run_dir": str(run_dir), "plexa.sweep": "true"})
+    def check(self, spec: PipelineSpec, resume: str | None) -> None:
+        if spec.sweep is None:
+            raise UserError("the sweep runner needs a sweep: section in the pipeline")
+
+    def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
+        from plexa.runners.ray import ray_session
+
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        return ray_session(spec)
+
+    def train(self, job: Job) -> Trained:
+        """Run (or resume) the sweep; the best trial's checkpoint is what `finish` exports."""
+        from plexa.plugins import architectures, datasets
+        from plexa.sweep import space as spaces
+
+        spec, tracker, run_dir = job.spec, job.tracker, job.run_dir
+        sweep = spec.sweep
+        assert sweep is not None
+        started = time.perf_counter()
+        arch_cls = architectures.get(spec.model.plugin)
+        plain, _ = spaces.merged(spec, arch_cls)
+        metric, mode = target(spec)
+        weights = dict(sweep.objectives)
+        tracker.set_tags({"plexa.sweep": "true"})
         setup = {
             "spec": spec.model_dump(mode="json"),
             "space": plain,
             "parent_run_id": tracker.run_id,
-            "uri": _absolute_uri(tracker.uri),
+            "uri": _absolute_uri(tracker.active_uri),
             "run_dir": str(run_dir),
             "cwd": str(Path.cwd()),
             "plugins": (arch_cls, datasets.get(spec.data.plugin)),
@@ -209,18 +230,15 @@ def run(spec: PipelineSpec, *, resume: str | None = None) -> RunResult:
             "checkpoints": sweep.scheduler == "pbt",
             "gpu": sweep.resources.gpu,
         }
-        embedded = connect(spec.compute)
         previous = signal.getsignal(signal.SIGINT)
         try:
             domains = spaces.flat_domains(plain)
-            tuner = _tuner(spec, setup, domains, run_dir / "tune", resume is not None)
-            grid = tuner.fit()
-            trials = list(grid._experiment_analysis.trials)
+            progress = _progress_callback(job.emit, sweep.trials)
+            tuner = _tuner(spec, setup, domains, run_dir / "tune", job.resume, progress)
+            trials = _trials(tuner.fit())
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)  # Tune's handler outlives the run
-            if embedded:
-                ray.shutdown()
         rows = _settle(tracker, trials, plain, metric, weights)
         if _interrupted(trials, sweep.trials, sweep.time_budget_s, started):
             raise RunInterrupted(tracker.run_id, None)
@@ -231,9 +249,18 @@ def run(spec: PipelineSpec, *, resume: str | None = None) -> RunResult:
                 f"sweep '{spec.name}': no trial finished ({len(rows)} ran; see the nested runs "
                 f"of MLflow run {tracker.run_id} for their errors)"
             )
-        result = _finish_best(spec, tracker, run_dir, best)
-    result.seconds = time.perf_counter() - started
-    return result
+        return _best_trained(spec, tracker, run_dir, best)
+
+
+def _trials(grid: Any) -> list[Any]:
+    """Every trial of the experiment Tune just ran, with its status and id.
+
+    Private API, kept on purpose: `ResultGrid` exposes each trial's result but neither its
+    status (TERMINATED, ERROR, or unfinished after Ctrl-C) nor its id, and both decide what the
+    sweep records; `tests/test_sweep.py::test_tune_private_api_plexa_relies_on` fails when a Ray
+    upgrade removes it.
+    """
+    return list(grid._experiment_analysis.trials)
 
 
 def _interrupted(trials: list, wanted: int, budget: float | None, started: float) -> bool:
@@ -250,14 +277,12 @@ def _settle(
 ) -> list[TrialRow]:
     """One row per trial, and a final status on every nested run: a trial the scheduler or an
     interruption stopped before it could say so itself is KILLED, an errored one FAILED."""
-    import mlflow
-
     from plexa.sweep.pareto import TrialRow
     from plexa.sweep.space import decode
     from plexa.sweep.trial import EARLY_STOPPED_TAG, PARENT_TAG, TRIAL_TAG
 
-    client = mlflow.MlflowClient(tracker.uri)
-    experiment = client.get_run(tracker.run_id).info.experiment_id
+    client = tracker.client()
+    experiment = client.get_run(tracker.active_run_id).info.experiment_id
     nested = client.search_runs(
         [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.run_id}'", max_results=5000
     )
@@ -322,8 +347,6 @@ def _log_sweep(
     tracker: Tracker, rows: list[TrialRow], metric: str, mode: str, best: TrialRow | None
 ) -> None:
     """Counts, the trial table and the Pareto front on the sweep's own run."""
-    import mlflow
-
     from plexa.sweep import pareto
 
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "FAILED", "KILLED")}
@@ -338,53 +361,30 @@ def _log_sweep(
     )
     best_id = best.trial_id if best else None
     table = pareto.table(rows, metric, mode, best_id)
-    mlflow.log_text(table, "sweep/trials.md")
-    mlflow.log_text(
+    tracker.log_text(table, "sweep/trials.md")
+    tracker.log_text(
         json.dumps([r.__dict__ for r in rows], indent=1, default=str), "sweep/trials.json"
     )
     tracker.log_figure(pareto.figure(rows, metric, mode, best_id), "pareto.png")
 
 
-def _finish_best(spec: PipelineSpec, tracker: Tracker, run_dir: Path, best: TrialRow) -> RunResult:
-    """Reuse the best trial's best checkpoint: export it with the parity check, register it."""
-    import mlflow
-
-    from plexa.orchestrator import _load, assemble
+def _best_trained(spec: PipelineSpec, tracker: Tracker, run_dir: Path, best: TrialRow) -> Trained:
+    """The best trial's best checkpoint, reused (not retrained), with its metrics and values."""
     from plexa.sweep.space import apply
 
     best_spec = apply(spec, best.values)
-    trial_run = mlflow.MlflowClient(tracker.uri).get_run(best.run_id or "")
-    checkpoint = Path(
+    trial_run = tracker.client().get_run(best.run_id or "")
+    saved = Path(
         trial_run.data.tags.get(
-            "plexa.checkpoint", run_dir / "trials" / best.trial_id / "checkpoints" / "best.ckpt"
+            "plexa.checkpoint", checkpoint(run_dir / "trials" / best.trial_id, "best")
         )
     )
     metrics = {k: v for k, v in trial_run.data.metrics.items() if k.startswith(("test/", "best_"))}
     metrics.update({"latency_ms": best.latency_ms or 0.0, "params": float(best.params or 0)})
     if best.objective is not None:
         metrics["objective"] = best.objective
-    tracker.log_metrics(metrics)
     tracker.set_tags(
         {"plexa.sweep.best_trial": best.trial_id, "plexa.sweep.best_run": best.run_id or ""}
     )
-    mlflow.log_params({f"best.{k}": json.dumps(v) for k, v in best.values.items()})
-    if checkpoint.exists():
-        tracker.log_artifact(checkpoint, "checkpoints")
-    exported = None
-    if spec.export.onnx:
-        from plexa.export import export_and_log
-
-        arch, data, net, module = assemble(best_spec)
-        _load(module, checkpoint)
-        exported = export_and_log(
-            arch.export_module(net), best_spec, data, run_dir / "export", tracker.run_id
-        )
-    return RunResult(
-        pipeline=spec.name,
-        run_id=tracker.run_id,
-        status="FINISHED",
-        metrics=metrics,
-        best_checkpoint=checkpoint,
-        export=exported,
-        tracking_uri=tracker.uri,
-    )
+    tracker.log_params({f"best.{k}": json.dumps(v) for k, v in best.values.items()})
+    return Trained(metrics, saved, None, spec=best_spec)

@@ -180,7 +180,7 @@ def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
 def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
     """Every problem of the merged space: its shape, paths that are not searchable, and values
     the plugin's Config (or the training schema) refuses."""
-    from plexa.config import TrainSpec, _pydantic_problems
+    from plexa.problems import pydantic_problems
 
     sweep = spec.sweep
     assert sweep is not None
@@ -224,9 +224,9 @@ def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
                 if path.startswith("model.params."):
                     arch_cls.Config.model_validate(tree["model"]["params"])
                 else:
-                    TrainSpec.model_validate(tree["train"])
+                    type(spec.train).model_validate(tree["train"])
             except ValidationError as exc:
-                for _, msg in _pydantic_problems(exc):
+                for _, msg in pydantic_problems(exc):
                     problems.append((where, f"value {value!r}: {msg}{origin}"))
                 break
     return problems
@@ -294,7 +294,6 @@ def decode(space: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, Any]
 def apply(spec: PipelineSpec, values: Mapping[str, Any]) -> PipelineSpec:
     """The pipeline with the sampled values set, validated again (a point the plugin refuses
     raises SpaceError, which fails that trial only)."""
-    from plexa.config import PipelineSpec
     from plexa.plugins import architectures
 
     tree = spec.model_dump(mode="json")
@@ -302,11 +301,11 @@ def apply(spec: PipelineSpec, values: Mapping[str, Any]) -> PipelineSpec:
         _set(tree, path, v)
     tree["sweep"] = None
     try:
-        out = PipelineSpec.model_validate(tree)
+        out = type(spec).model_validate(tree)
         config = architectures.get(out.model.plugin).Config.model_validate(out.model.params)
     except ValidationError as exc:
-        from plexa.config import _pydantic_problems
+        from plexa.problems import pydantic_problems
 
-        raise SpaceError(_pydantic_problems(exc)) from None
+        raise SpaceError(pydantic_problems(exc)) from None
     out.model.params = config.model_dump(mode="json")
     return out

@@ -91,16 +91,16 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     import mlflow
     from ray import tune
 
+    from plexa.assembly import assemble
     from plexa.config import PipelineSpec
+    from plexa.errors import RunInterrupted
     from plexa.export import export_onnx
-    from plexa.orchestrator import assemble
     from plexa.plugins import architectures, datasets
     from plexa.quiet import quiet_libraries
-    from plexa.runners import RunInterrupted
-    from plexa.runners.local import fit_and_test
     from plexa.sweep import space
     from plexa.sweep.latency import onnx_latency_ms, parameter_count
     from plexa.tracking import Tracker
+    from plexa.training import fit_and_test
 
     quiet_libraries()
     if Path(setup["cwd"]).is_dir():
@@ -137,12 +137,13 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         # always holds the current ones
         client.set_tag(run_id, "plexa.sweep.values", json.dumps(values, sort_keys=True))
         spec = space.apply(PipelineSpec.model_validate(setup["spec"]), values)
-        arch, data, net, module = assemble(spec)
+        built = assemble(spec)
+        data, net, module = built.data, built.net, built.module
         trial_dir = Path(setup["run_dir"]) / "trials" / trial_id
         cost: dict[str, float] = {"params": float(parameter_count(net))}
         sample = data.test.x[:1].astype(data.spec.input_dtype)
         if setup["latency_early"]:  # an objective needs it from the first report on
-            first = export_onnx(arch.export_module(net), spec, data, trial_dir / "initial")
+            first = export_onnx(built.export_module(), spec, data, trial_dir / "initial")
             cost["latency_ms"] = onnx_latency_ms(first.path, sample, setup["latency_runs"])
         tracker.log_metrics(cost)
 
@@ -179,14 +180,13 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             data,
             module,
             trial_dir,
-            monitor=getattr(module, "monitor", ("val/loss", "min")),
             sinks=[report],
             callbacks=[NewHyperparameters(spec.train.optimizer)] if resume_from else [],
             resume_from=resume_from,
             accelerator="gpu" if use_gpu else "cpu",
             devices=1,
         )
-        exported = export_onnx(arch.export_module(net), spec, data, trial_dir / "export", run_id)
+        exported = export_onnx(built.export_module(), spec, data, trial_dir / "export", run_id)
         cost["latency_ms"] = onnx_latency_ms(exported.path, sample, setup["latency_runs"])
         final = {**held, **trained.metrics, **cost}
         final["export/parity_max_abs_diff"] = exported.max_abs_diff
