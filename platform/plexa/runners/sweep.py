@@ -52,7 +52,18 @@ def target(spec: PipelineSpec) -> tuple[str, str]:
     return metric, mode
 
 
-def _progress_callback(emit: Callable[[Event], None], total: int) -> Any:
+# where the running sweep's trial events go: Tune pickles its callbacks with the experiment
+# (and restores them on resume), so the callback calls `_emit`, pickled by reference, and not
+# the job's sinks, which hold the open run
+_EMIT: list[Callable[[Event], None]] = []
+
+
+def _emit(event: Event) -> None:
+    for emit in _EMIT:
+        emit(event)
+
+
+def _progress_callback(total: int) -> Any:
     """A Tune callback emitting an event per trial as it ends (Tune's own output is off)."""
     from ray import tune
 
@@ -63,13 +74,13 @@ def _progress_callback(emit: Callable[[Event], None], total: int) -> Any:
         def _emit(self, trial: Any, note: str) -> None:
             result = trial.last_result or {}
             metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
-            emit(Event("trial", self.ended, total, metrics, note, str(trial.trial_id)))
+            event = Event("trial", self.ended, total, metrics, note, str(trial.trial_id))
             self.ended += 1
+            _emit(event)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._emit(
-                trial, "finished" if (trial.last_result or {}).get("finished") else "stopped"
-            )
+            finished = (trial.last_result or {}).get("finished")
+            self._emit(trial, "finished" if finished else "stopped")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._emit(trial, "failed")
@@ -231,12 +242,14 @@ class SweepRunner(Runner):
             "gpu": sweep.resources.gpu,
         }
         previous = signal.getsignal(signal.SIGINT)
+        _EMIT[:] = [job.emit]
         try:
             domains = spaces.flat_domains(plain)
-            progress = _progress_callback(job.emit, sweep.trials)
+            progress = _progress_callback(sweep.trials)
             tuner = _tuner(spec, setup, domains, run_dir / "tune", job.resume, progress)
             trials = _trials(tuner.fit())
         finally:
+            _EMIT.clear()
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)  # Tune's handler outlives the run
         rows = _settle(tracker, trials, plain, metric, weights)
