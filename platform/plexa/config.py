@@ -10,10 +10,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from plexa.errors import UserError
 from plexa.plugins import PluginConfig, PluginError, Registry, architectures, datasets
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid pipeline: every problem found, each as (path, message)."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "pipeline") -> None:

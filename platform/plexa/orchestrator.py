@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import PipelineSpec
+from plexa.errors import UserError
 from plexa.plugins import architectures, datasets
 from plexa.runners import RunInterrupted, RunResult
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 RUN_DIR_ENV = "PLEXA_RUN_DIR"  # tells DDP ranks > 0 where rank zero keeps checkpoints
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     pass
 
 

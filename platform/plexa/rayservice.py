@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plexa.errors import UserError
+
 TOKEN_ENV = "PLEXA_SERVE_TOKEN"
 CACHE_ENV = "PLEXA_SERVE_CACHE"  # where registered models are fetched to; shared by all nodes
 _KEYS = {"targets", "replicas", "max_batch", "max_wait_ms", "batching", "tracking_uri"}
 
 
-class ServiceArgsError(ValueError):
+class ServiceArgsError(UserError, ValueError):
     """serveConfigV2's args are wrong; the message names every problem."""
 
 

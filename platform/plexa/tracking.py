@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import plexa
 from plexa.config import PipelineSpec
+from plexa.errors import NotFoundError
 from plexa.plugins import architectures, datasets
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 PIPELINE_ARTIFACT = "pipeline.yaml"
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(NotFoundError, LookupError):
     pass
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plexa.errors import UserError
 from plexa.tracking import PIPELINE_ARTIFACT, Tracker, flatten
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PARAM_BATCH = 100
 
 
-class SyncError(RuntimeError):
+class SyncError(UserError, RuntimeError):
     """An offline run could not be copied to the server; the message says which and why."""
 
 

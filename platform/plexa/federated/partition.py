@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
 
     from plexa.config import PartitionSpec
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """The training set cannot be split as asked (too few samples or labels)."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import PipelineSpec
+from plexa.errors import RunFailed
 from plexa.runners import RunInterrupted, RunResult
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ EXPERIMENT = "sweep"
 _TERMINAL = ("TERMINATED", "ERROR")
 
 
-class SweepError(RuntimeError):
+class SweepError(RunFailed, RuntimeError):
     """The sweep ran but left nothing to export: no trial finished."""
 
 

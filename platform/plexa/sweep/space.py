@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     from plexa.config import PipelineSpec
 
@@ -31,7 +33,7 @@ KINDS = ("choice", *RANGES)
 SEARCHABLE = ("model.params.", "train.")
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A space that cannot be searched; `problems` are (path, message) pairs."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
