@@ -41,8 +41,10 @@ def parse(args: Mapping[str, Any]) -> ServiceArgs:
     known = ", ".join(sorted(_KEYS))
     problems = [f"args.{k}: unknown key (known: {known})" for k in args if k not in _KEYS]
     targets = args.get("targets")
-    if not isinstance(targets, list) or not targets or not all(
-        isinstance(t, str) and t for t in targets
+    if (
+        not isinstance(targets, list)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
     ):
         problems.append("args.targets: a non-empty list of models:/NAME/VERSION, runs or files")
     for key, kind, low in (("replicas", int, 1), ("max_batch", int, 1), ("max_wait_ms", float, 0)):

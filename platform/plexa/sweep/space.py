@@ -172,8 +172,12 @@ def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
     named = [("sweep.metric", sweep.metric)] if sweep.metric else []
     named += [(f"sweep.objectives.{k}", k) for k in sweep.objectives if "/" in k]
     return [
-        (where, f"the {spec.task()} task logs no '{name}' (it logs "
-         + ", ".join(f"val/{m}" for m in sorted(known)) + ")")
+        (
+            where,
+            f"the {spec.task()} task logs no '{name}' (it logs "
+            + ", ".join(f"val/{m}" for m in sorted(known))
+            + ")",
+        )
         for where, name in named
         if name.partition("/")[2] not in known
     ]
