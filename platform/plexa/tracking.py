@@ -7,6 +7,7 @@ queue is flushed before the run is closed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -16,13 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import plexa
 from plexa.config import PipelineSpec
-from plexa.errors import NotFoundError
+from plexa.errors import NotFoundError, UnreachableError
 from plexa.plugins import architectures, datasets
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from mlflow.entities import Run
+    from mlflow.exceptions import MlflowException
 
 PIPELINE_ARTIFACT = "pipeline.yaml"
+_REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for HTTP 401 and 403
 
 
 class RunNotFoundError(NotFoundError, LookupError):
@@ -38,6 +42,42 @@ def resolve_uri(explicit: str | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return mlflow.get_tracking_uri()
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    """A client for the store, checked first: a server that does not answer is an
+    UnreachableError now instead of after MLflow's minutes of retries, and a sqlite file in a
+    folder that does not exist a NotFoundError instead of SQLAlchemy's traceback."""
+    import mlflow
+
+    resolved = resolve_uri(uri)
+    if resolved.startswith(("http://", "https://")):
+        _answers(resolved)
+    elif resolved.startswith("sqlite:///"):
+        folder = Path(resolved.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise NotFoundError(f"no folder {folder} for the MLflow store {resolved}")
+    return mlflow.MlflowClient(resolved)
+
+
+@functools.cache  # only an answer is remembered: a raise is not cached
+def _answers(uri: str) -> None:
+    from plexa.tracking_failover import reachable
+
+    if not reachable(uri):
+        raise UnreachableError(
+            f"the MLflow server at {uri} did not answer: is it running, and is that its address?"
+        )
+
+
+def raise_if_refused(exc: MlflowException, uri: str) -> None:
+    """An UnreachableError when the server refused the request's credentials (not a missing
+    run: the user must fix the credentials, not the id)."""
+    if exc.error_code in _REFUSED:
+        raise UnreachableError(
+            f"the MLflow server at {uri} refused the credentials ({exc.error_code}): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        ) from exc
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -152,26 +192,32 @@ class Tracker:
 
 
 def get_run(run_id: str, uri: str | None = None) -> Run:
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(resolve_uri(uri))
+    store = client(uri)
     try:
-        return client.get_run(run_id)
+        return store.get_run(run_id)
     except MlflowException as exc:
-        raise RunNotFoundError(f"no MLflow run '{run_id}' in the store {resolve_uri(uri)}") from exc
+        raise_if_refused(exc, store.tracking_uri)
+        where = store.tracking_uri
+        raise RunNotFoundError(f"no MLflow run '{run_id}' in the store {where}") from exc
 
 
 def logged_pipeline(run_id: str, uri: str | None = None) -> str:
     """The resolved pipeline YAML a run was started with."""
     import tempfile
 
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
     get_run(run_id, uri)
-    client = mlflow.MlflowClient(resolve_uri(uri))
+    store = client(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(run_id, PIPELINE_ARTIFACT, tmp)).read_text()
+        try:
+            return Path(store.download_artifacts(run_id, PIPELINE_ARTIFACT, tmp)).read_text()
+        except (MlflowException, OSError) as exc:
+            raise NotFoundError(
+                f"run {run_id} has no {PIPELINE_ARTIFACT} artifact: was it started by plexa?"
+            ) from exc
 
 
 @contextlib.contextmanager
@@ -202,18 +248,22 @@ def recent_runs(limit: int = 20, uri: str | None = None) -> list[RunRow]:
     """Newest first, across experiments; only runs plexa started."""
     import datetime as dt
 
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(resolve_uri(uri))
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    runs = client.search_runs(
-        experiments,
-        filter_string="tags.`plexa.pipeline` != ''",
-        max_results=limit,
-        order_by=["attributes.start_time DESC"],
-    )
+    store = client(uri)
+    try:
+        experiments = [e.experiment_id for e in store.search_experiments()]
+        if not experiments:
+            return []
+        runs = store.search_runs(
+            experiments,
+            filter_string="tags.`plexa.pipeline` != ''",
+            max_results=limit,
+            order_by=["attributes.start_time DESC"],
+        )
+    except MlflowException as exc:
+        raise_if_refused(exc, store.tracking_uri)
+        raise
     rows = []
     for run in runs:
         started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
