@@ -15,6 +15,7 @@ import torch
 
 from plexa import orchestrator
 from plexa.config import ConfigError, validate
+from plexa.errors import DataError
 from plexa.plugins import DataSpec, architectures, datasets
 from plexa.textgen import TextGenError, encode, generate_text
 from plexa_models.attention import allowed, reachable
@@ -199,7 +200,7 @@ def test_text_windows_the_builtin_corpus_and_refuses_bad_files(tmp_path: Path) -
     bad = {"plugin": "text", "params": {"path": "latin1.txt"}}
     spec = validate(pipeline(bad, {"plugin": "transformer", "params": {"attention": "causal"}}),
                     base_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte 3"):
+    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text: byte 3"):
         datasets.create("text").load(spec.data_config(), 0)
     missing = {"plugin": "text", "params": {"path": "nope.txt"}}
     with pytest.raises(ConfigError) as refused:
