@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from mlflow.exceptions import MlflowException
 
 PIPELINE_ARTIFACT = "pipeline.yaml"
-_REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for HTTP 401 and 403
+# MLflow's codes for an HTTP 401 or 403
+_REFUSED = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED")
 
 
 class RunNotFoundError(NotFoundError, LookupError):
@@ -52,7 +53,7 @@ def client(uri: str | None = None) -> MlflowClient:
 
     resolved = resolve_uri(uri)
     if resolved.startswith(("http://", "https://")):
-        _answers(resolved)
+        require_answer(resolved)
     elif resolved.startswith("sqlite:///"):
         folder = Path(resolved.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
@@ -61,13 +62,21 @@ def client(uri: str | None = None) -> MlflowClient:
 
 
 @functools.cache  # only an answer is remembered: a raise is not cached
-def _answers(uri: str) -> None:
-    from plexa.tracking_failover import reachable
+def require_answer(uri: str) -> None:
+    """An UnreachableError unless the server at `uri` answers HTTP at all (any status)."""
+    import requests
 
-    if not reachable(uri):
+    from plexa.tracking_failover import PROBE_TIMEOUT
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT)
+    except requests.exceptions.SSLError:
+        return  # it answered; MLflow's own TLS settings (a CA file, insecure) decide the rest
+    except requests.RequestException as exc:
         raise UnreachableError(
-            f"the MLflow server at {uri} did not answer: is it running, and is that its address?"
-        )
+            f"the MLflow server at {uri} did not answer ({type(exc).__name__}): is it running, "
+            "and is that its address?"
+        ) from None
 
 
 def raise_if_refused(exc: MlflowException, uri: str) -> None:

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.errors import UnreachableError, UserError
-from plexa.tracking import PIPELINE_ARTIFACT, Tracker, flatten, raise_if_refused
+from plexa.tracking import (
+    PIPELINE_ARTIFACT,
+    Tracker,
+    flatten,
+    raise_if_refused,
+    require_answer,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -409,19 +415,18 @@ def sync(source: str | None = None, target: str | None = None) -> list[SyncedRun
     experiments = [e.experiment_id for e in local.search_experiments()]
     runs = local.search_runs(experiments, max_results=10000) if experiments else []
     done: list[SyncedRun] = []
-    answered: set[str] = set()
     for run in sorted(runs, key=lambda r: r.info.start_time):
         if SYNCED_TAG in run.data.tags:
             continue
         uri = target or run.data.tags.get(REMOTE_URI_TAG)
         if not uri:
             raise SyncError(f"run {run.info.run_id} in {source} names no server: pass --to URI")
-        # probed once: a server that is down costs MLflow's minutes of retries per request
-        if uri not in answered and is_remote(uri) and not reachable(uri):
-            raise _gone(uri, len(done))
-        answered.add(uri)
         try:
+            if is_remote(uri):  # probed: a server that is down costs minutes of MLflow retries
+                require_answer(uri)
             done.append(_sync_run(local, run, mlflow.MlflowClient(uri), uri))
+        except UnreachableError:
+            raise _gone(uri, len(done)) from None
         except Exception as exc:
             if isinstance(exc, MlflowException):
                 raise_if_refused(exc, uri)
