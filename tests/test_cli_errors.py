@@ -150,3 +150,76 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(workdir: Path) -> Non
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" in done.stderr and "RunNotFoundError" in done.stderr
     assert "error: no MLflow run 'NOSUCHRUN'" in done.stdout
+
+
+def _invoke(*args: str):  # -> click.testing.Result
+    from typer.testing import CliRunner
+
+    from plexa.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "shown"),
+    [(KeyboardInterrupt(), 130, "interrupted"), (ZeroDivisionError("a bug"), 1, "")],
+    ids=["ctrl-c", "bug"],
+)
+def test_ctrl_c_is_130_and_a_bug_keeps_its_traceback(
+    raised: BaseException, code: int, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load(*_: object) -> None:
+        raise raised
+
+    monkeypatch.setattr("plexa.config.load_pipeline", load)
+    done = _invoke("validate", WINE)
+    assert done.exit_code == code and shown in done.output, done.output
+    if isinstance(raised, ZeroDivisionError):  # not turned into a message: Python prints it
+        assert done.exception is raised and "error:" not in done.output
+
+
+def test_a_plexa_error_from_a_ray_worker_is_reported_as_itself() -> None:
+    """Ray Train raises a WorkerGroupError holding each worker's error (RayTaskError keeps the
+    original in `cause`); a DataError there is the user's, not a bug."""
+    from plexa.cli import _wrapped
+    from plexa.errors import DataError
+
+    data = DataError("x.txt is not UTF-8 text: byte 3 cannot be decoded")
+
+    class RayTaskError(Exception):
+        cause = data
+
+    class WorkerGroupError(RuntimeError):
+        worker_failures = {0: RayTaskError(), 1: ValueError("other")}
+
+    assert _wrapped(WorkerGroupError()) is data
+    assert _wrapped(RuntimeError("no workers")) is None
+
+
+def test_an_unreadable_image_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from plexa.errors import DataError
+    from plexa_data.images import Images
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("L", (4, 4)).save(tmp_path / label / f"{i}.png")
+    broken = tmp_path / "dog" / "3.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=rf"{broken}: cannot read it as an image"):
+        Images().load(Images.Config(path=str(tmp_path)), seed=0)
+
+
+def test_refused_mlflow_credentials_are_unreachable_not_a_missing_run() -> None:
+    from mlflow.exceptions import MlflowException, get_error_code
+
+    from plexa.errors import UnreachableError
+    from plexa.tracking import raise_if_refused
+
+    # what MLflow's REST client raises for an HTTP status
+    raise_if_refused(MlflowException("no run", get_error_code(404)), "http://x")
+    for status in (401, 403):
+        with pytest.raises(UnreachableError, match="x refused the credentials .*MLFLOW_TRACKING_"):
+            raise_if_refused(MlflowException(str(status), get_error_code(status)), "http://x")
