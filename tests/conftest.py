@@ -22,7 +22,7 @@ _OWN = (".venv/", ".pytest_cache/", ".ruff_cache/", ".hypothesis/", ".mypy_cache
 # environment that would point a test at a user's store, cluster or server instead of its own
 _LEAKY_ENV = (
     "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
-    "PLEXA_RUNS_DIR", "PLEXA_RUN_DIR", "RAY_ADDRESS", "PLEXA_SERVE_TOKEN",
+    "PLEXA_RUNS_DIR", "PLEXA_RUN_DIR", "RAY_ADDRESS", "PLEXA_SERVE_TOKEN", "PLEXA_DEBUG",
 )  # fmt: skip
 
 

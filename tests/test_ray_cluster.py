@@ -58,11 +58,11 @@ def test_jobs_api_refuses_requests_without_the_token(cluster: RayCluster) -> Non
     assert accepted.status_code == 200, accepted.text
     job_id = accepted.json()["submission_id"]
 
-    # plexa's commands: refused without a token (exit 1, saying why), fine with it
+    # plexa's commands: refused without a token (a user error: exit 2, saying why), fine with it
     no_token = plexa(
         "jobs", "--address", cluster.dashboard_url, cwd=Path.cwd(), env={"RAY_AUTH_TOKEN": ""}
     )
-    assert no_token.returncode == 1, no_token.stdout + no_token.stderr
+    assert no_token.returncode == 2, no_token.stdout + no_token.stderr
     assert "refused" in no_token.stdout and "token" in no_token.stdout
 
     deadline = time.monotonic() + 60
@@ -140,13 +140,13 @@ def test_submit_exits_1_when_the_job_fails(cluster: RayCluster, workdir: Path) -
 
 
 def test_submit_with_a_bad_pipeline_or_address_fails_fast(workdir: Path) -> None:
-    """Nothing is sent for an invalid pipeline (exit 2); an unreachable API is exit 1."""
+    """Nothing is sent for an invalid pipeline; an unreachable API is a user error too (exit 2)."""
     invalid = plexa("submit", PIPELINE, "train.max_epochs=0", cwd=workdir)
     assert invalid.returncode == 2, invalid.stdout + invalid.stderr
     assert "train.max_epochs" in invalid.stdout
 
     unreachable = plexa("submit", PIPELINE, "--address", "http://127.0.0.1:9", cwd=workdir)
-    assert unreachable.returncode == 1, unreachable.stdout + unreachable.stderr
+    assert unreachable.returncode == 2, unreachable.stdout + unreachable.stderr
     assert "cannot reach" in unreachable.stdout
 
 

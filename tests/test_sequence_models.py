@@ -15,6 +15,7 @@ import torch
 
 from plexa import orchestrator
 from plexa.config import ConfigError, validate
+from plexa.errors import DataError
 from plexa.plugins import DataSpec, architectures, datasets
 from plexa.textgen import TextGenError, encode, generate_text
 from plexa_models.attention import allowed, reachable
@@ -67,8 +68,16 @@ def test_mask_limits_what_each_position_sees(pattern: str, layers: int) -> None:
     steps, features = 12, 3
     data = DataSpec(task="sequence", input_shape=(steps, features), output_dim=1)
     net = arch_build(
-        "transformer", data, width=16, heads=2, layers=layers, feedforward=16, dropout=0.0,
-        attention=pattern, window=3, stride=4,
+        "transformer",
+        data,
+        width=16,
+        heads=2,
+        layers=layers,
+        feedforward=16,
+        dropout=0.0,
+        attention=pattern,
+        window=3,
+        stride=4,
     )
     seen = positions_seen(net, torch.randn(1, steps, features))
     assert (seen == reachable(allowed(pattern, steps, 3, 4), layers)).all(), seen.astype(int)
@@ -76,11 +85,10 @@ def test_mask_limits_what_each_position_sees(pattern: str, layers: int) -> None:
 
 def test_language_model_logits_ignore_later_and_unseen_tokens() -> None:
     torch.manual_seed(0)
-    data = DataSpec(
-        task="language-model", input_shape=(16,), input_dtype="int64", num_classes=20
+    data = DataSpec(task="language-model", input_shape=(16,), input_dtype="int64", num_classes=20)
+    net = arch_build(
+        "transformer", data, width=16, heads=2, layers=1, dropout=0.0, attention="local", window=4
     )
-    net = arch_build("transformer", data, width=16, heads=2, layers=1, dropout=0.0,
-                     attention="local", window=4)
     ids = torch.randint(0, 20, (1, 16))
     changed = ids.clone()
     changed[0, 10] = (ids[0, 10] + 1) % 20  # position 10: seen by 10..13 only
@@ -97,8 +105,9 @@ def test_rnn_cells_layers_and_directions(cell: str) -> None:
     digits = DataSpec(task="classification", input_shape=(1, 8, 8), num_classes=10)
     series = DataSpec(task="sequence", input_shape=(20, 2), output_dim=5)
     for bidirectional, layers, pool in ((False, 1, "last"), (True, 2, "mean"), (True, 3, "last")):
-        params = dict(cell=cell, hidden=8, layers=layers, bidirectional=bidirectional,
-                      dropout=0.2, pool=pool)
+        params = dict(
+            cell=cell, hidden=8, layers=layers, bidirectional=bidirectional, dropout=0.2, pool=pool
+        )
         net = arch_build("rnn", digits, **params)
         assert net.rnn.bidirectional == bidirectional and net.rnn.num_layers == layers
         assert net(torch.rand(4, 1, 8, 8)).shape == (4, 10)
@@ -175,8 +184,12 @@ def test_right_pairings_and_bad_params_are_reported_with_their_paths() -> None:
     assert "must fit in a series of length 200" in problems["data.params"]
     assert problems["model.params.heads"].startswith("unknown key (architecture plugin 'rnn')")
     with pytest.raises(ConfigError, match="width 30 is not divisible by heads 4"):
-        validate(pipeline({"plugin": "text"}, {"plugin": "transformer", "params": lm["params"]
-                                                | {"width": 30, "heads": 4}}))
+        validate(
+            pipeline(
+                {"plugin": "text"},
+                {"plugin": "transformer", "params": lm["params"] | {"width": 30, "heads": 4}},
+            )
+        )
 
 
 # ------------------------------------------------------------------ data
@@ -197,14 +210,18 @@ def test_text_windows_the_builtin_corpus_and_refuses_bad_files(tmp_path: Path) -
 
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     bad = {"plugin": "text", "params": {"path": "latin1.txt"}}
-    spec = validate(pipeline(bad, {"plugin": "transformer", "params": {"attention": "causal"}}),
-                    base_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text: byte 3"):
+    spec = validate(
+        pipeline(bad, {"plugin": "transformer", "params": {"attention": "causal"}}),
+        base_dir=tmp_path,
+    )
+    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text: byte 3"):
         datasets.create("text").load(spec.data_config(), 0)
     missing = {"plugin": "text", "params": {"path": "nope.txt"}}
     with pytest.raises(ConfigError) as refused:
-        validate(pipeline(missing, {"plugin": "transformer", "params": {"attention": "causal"}}),
-                 base_dir=tmp_path)
+        validate(
+            pipeline(missing, {"plugin": "transformer", "params": {"attention": "causal"}}),
+            base_dir=tmp_path,
+        )
     assert dict(refused.value.problems)["data.params.path"].startswith("no such file")
 
 
@@ -228,10 +245,14 @@ def test_forecast_metrics_score_the_naive_forecast(workdir: Path) -> None:
     spec = validate(
         {
             "name": "sine-tiny",
-            "data": {"plugin": "sequences",
-                     "params": {"series": 30, "length": 40, "window": 16, "horizon": 4}},
-            "model": {"plugin": "rnn",
-                      "params": {"cell": "rnn", "hidden": 16, "layers": 2, "bidirectional": True}},
+            "data": {
+                "plugin": "sequences",
+                "params": {"series": 30, "length": 40, "window": 16, "horizon": 4},
+            },
+            "model": {
+                "plugin": "rnn",
+                "params": {"cell": "rnn", "hidden": 16, "layers": 2, "bidirectional": True},
+            },
             "train": {"max_epochs": 1},
             "export": {"onnx": False},  # the shipped pipelines' smoke tests export LSTM and GRU
         }
@@ -261,10 +282,21 @@ def test_char_lm_export_generates_text(workdir: Path) -> None:
     spec = validate(
         {
             "name": "alphabet-lm",
-            "data": {"plugin": "text", "params": {"path": str(corpus), "context": 16,
-                                                   "block": 128, "stride": 8}},
-            "model": {"plugin": "transformer", "params": {"width": 32, "heads": 2, "layers": 1,
-                      "feedforward": 32, "dropout": 0.0, "attention": "causal"}},
+            "data": {
+                "plugin": "text",
+                "params": {"path": str(corpus), "context": 16, "block": 128, "stride": 8},
+            },
+            "model": {
+                "plugin": "transformer",
+                "params": {
+                    "width": 32,
+                    "heads": 2,
+                    "layers": 1,
+                    "feedforward": 32,
+                    "dropout": 0.0,
+                    "attention": "causal",
+                },
+            },
             "train": {"max_epochs": 4, "batch_size": 16, "optimizer": {"lr": 0.01}},
         }
     )
@@ -293,8 +325,17 @@ def test_char_lm_export_generates_text(workdir: Path) -> None:
     with pytest.raises(TextGenError, match=r"outside the vocabulary .*'Q', 'é'"):
         generate_text(path, "Qé")
 
-    out = plexa_cli("generate", str(path), "--prompt", "xy", "--max-new-tokens", "6",
-                    "--temperature", "0", cwd=workdir)
+    out = plexa_cli(
+        "generate",
+        str(path),
+        "--prompt",
+        "xy",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "0",
+        cwd=workdir,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.rstrip("\n") == continued("xy", 6)
     refused = plexa_cli("generate", str(path), "--prompt", "xyZ", cwd=workdir)

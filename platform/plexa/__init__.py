@@ -25,18 +25,33 @@ _LAZY = {
     "ConfigError": "plexa.config",
     "run": "plexa.orchestrator",
     "RunResult": "plexa.runners",
+    # the error hierarchy (plexa.errors): what a plugin raises for bad data, what callers catch
+    "PlexaError": "plexa.errors",
+    "UserError": "plexa.errors",
+    "DataError": "plexa.errors",
+    "NotFoundError": "plexa.errors",
+    "UnreachableError": "plexa.errors",
+    "RunFailed": "plexa.errors",
+    "Interrupted": "plexa.errors",
 }
 
 __all__ = [
     "Architecture",
     "ConfigError",
+    "DataError",
     "DataPlugin",
     "DataSpec",
     "DataSplits",
+    "Interrupted",
+    "NotFoundError",
+    "PlexaError",
     "PluginConfig",
     "PluginError",
+    "RunFailed",
     "RunResult",
     "Split",
+    "UnreachableError",
+    "UserError",
     "__version__",
     "architecture",
     "data",
@@ -46,6 +61,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from plexa.config import ConfigError, load_pipeline
+    from plexa.errors import (
+        DataError,
+        Interrupted,
+        NotFoundError,
+        PlexaError,
+        RunFailed,
+        UnreachableError,
+        UserError,
+    )
     from plexa.orchestrator import run
     from plexa.plugins import (
         Architecture,

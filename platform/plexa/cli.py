@@ -1,31 +1,84 @@
 """The `plexa` command. Thin: parse, call the orchestrator, print. Heavy imports happen inside
-each command so `plexa --help` answers at once."""
+each command so `plexa --help` answers at once.
+
+Errors have one handler (`_Handled`): a command raises a `plexa.errors.PlexaError` and the
+handler prints its message and exits with its code; `--debug` adds the traceback."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from plexa.errors import EXIT_INTERRUPTED, NotFoundError, PlexaError, UserError
 
 if TYPE_CHECKING:
+    import click
     from rich.console import Console
 
+    from plexa.config import PipelineSpec
     from plexa.runners import RunResult
+
+
+class _Handled(TyperGroup):
+    """The one place an error becomes what the user sees: a PlexaError its message and exit
+    code, Ctrl-C "interrupted" and 130; anything else is a bug and keeps its traceback. It is
+    the command group, so every command goes through it, in tests with `CliRunner` too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            _console().print("\n[yellow]interrupted[/yellow]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            error = exc if isinstance(exc, PlexaError) else _wrapped(exc)
+            if error is None:
+                raise  # a bug: its traceback is what is needed
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            _error(str(error))
+            raise typer.Exit(error.exit_code) from None
+
+
+def _wrapped(exc: Exception) -> PlexaError | None:
+    """A PlexaError that Ray Train wrapped: a WorkerGroupError holds each failed worker's error
+    (a DataError while a worker loads the data) in `worker_failures`."""
+    failures = getattr(exc, "worker_failures", None)
+    for failure in failures.values() if isinstance(failures, dict) else ():
+        failure = getattr(failure, "cause", failure)  # a RayTaskError holds the original
+        if isinstance(failure, PlexaError):
+            return failure
+    return None
+
 
 app = typer.Typer(
     name="plexa",
+    cls=_Handled,
     help="Train neural networks from YAML pipelines: Lightning, MLflow, ONNX.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="PLEXA_DEBUG", help="On an error, print its traceback too."),
+    ] = False,
+) -> None:
+    """Options before the command; `_Handled` reads `--debug` from the context."""
+
 
 Pipeline = Annotated[Path, typer.Argument(help="A pipeline YAML file.", show_default=False)]
 Overrides = Annotated[
@@ -47,18 +100,17 @@ def _console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {message}", soft_wrap=True)
-    return typer.Exit(code)
+def _error(message: str) -> None:
+    """`error: message`; the message is plain text, so a `[...]` in a path is not markup."""
+    from rich.text import Text
+
+    _console().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
 
 
-def _load(pipeline: Path, overrides: list[str] | None):  # -> PipelineSpec
-    from plexa.config import ConfigError, load_pipeline
+def _load(pipeline: Path, overrides: list[str] | None) -> PipelineSpec:
+    from plexa.config import load_pipeline
 
-    try:
-        return load_pipeline(pipeline, overrides or [])
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
+    return load_pipeline(pipeline, overrides or [])
 
 
 def _is_rank_zero() -> bool:
@@ -90,28 +142,23 @@ def run(
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
-    from plexa import orchestrator
+    from plexa import orchestrator, runners
     from plexa.errors import RunInterrupted
-    from plexa.export import ExportError
-    from plexa.plugins import PluginError
-    from plexa.runners.sweep import SweepError
-    from plexa.tracking import RunNotFoundError
+    from plexa.events import printer
 
+    runner = runners.for_pipeline(spec)
+    if resume:  # an unknown run fails now, not after seconds of loading data and the model
+        from plexa.tracking import get_run
+
+        get_run(resume, spec.tracking.uri)
     console = _console()
     rank_zero = _is_rank_zero()
     if rank_zero:
-        verb = f"resuming run {resume} of" if resume else "training"
-        console.print(
-            f"[bold]plexa[/bold] {verb} [cyan]{spec.name}[/cyan]: "
-            f"{spec.model.plugin} on {spec.data.plugin}, {spec.train.max_epochs} epochs"
-        )
-
-    from plexa.events import printer
-
+        verb = f"resuming run {resume} of" if resume else runner.verb
+        console.print(f"[bold]plexa[/bold] {verb} {runner.describe(spec)}", highlight=False)
     show = printer(lambda line: console.print(line, markup=False))
-
     try:
-        result = orchestrator.run(spec, resume=resume, sinks=[show])
+        result = orchestrator.run(spec, resume=resume, sinks=[show], runner=runner)
     except RunInterrupted as exc:
         console.print(
             f"\n[yellow]interrupted[/yellow]: run {exc.run_id} is marked KILLED; "
@@ -119,13 +166,7 @@ def run(
         )
         console.print(f"continue it with: plexa run {pipeline} --resume {exc.run_id}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except KeyboardInterrupt:  # outside training (loading, export): the run is marked KILLED
-        console.print("\n[yellow]interrupted[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (orchestrator.ResumeError, RunNotFoundError, PluginError) as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
-    except (ExportError, SweepError) as exc:
-        raise _fail(str(exc), 1) from None
+    # Ctrl-C outside training (loading, export) reaches the handler; the run is marked KILLED
     if rank_zero:
         _summary(console, pipeline, result)
 
@@ -200,16 +241,8 @@ def export(
 
     quiet_libraries()
     from plexa import orchestrator
-    from plexa.config import ConfigError
-    from plexa.export import ExportError
-    from plexa.tracking import RunNotFoundError
 
-    try:
-        result = orchestrator.export_run(run_id, tracking_uri)
-    except (RunNotFoundError, orchestrator.ResumeError, ConfigError) as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
-    except ExportError as exc:
-        raise _fail(str(exc), 1) from None
+    result = orchestrator.export_run(run_id, tracking_uri)
     registered = (
         f", registered as models:/{result.registered_name}/{result.registered_version}"
         if result.registered_name
@@ -289,10 +322,7 @@ def submit(
     from plexa import jobs
 
     console = _console()
-    try:
-        job_env = jobs.parse_env(env or [])
-    except jobs.JobsError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
+    job_env = jobs.parse_env(env or [])
     job_id = None
     try:
         warning = jobs.plain_http_risk(jobs.resolve_address(address), jobs.resolve_token(token))
@@ -312,15 +342,14 @@ def submit(
             return
         status = jobs.watch(client, job_id, console, spec.train.max_epochs)
         reason = "" if status == "SUCCEEDED" else jobs.message(client, job_id)
-    except jobs.JobsError as exc:
-        raise _fail(str(exc), 1) from None
     except KeyboardInterrupt:
-        if job_id:
-            console.print(
-                f"\n[yellow]detached[/yellow]: job {job_id} keeps running; "
-                f"follow: plexa logs {job_id} --follow; stop: ray job stop {job_id}",
-                soft_wrap=True,
-            )
+        if not job_id:
+            raise
+        console.print(
+            f"\n[yellow]detached[/yellow]: job {job_id} keeps running; "
+            f"follow: plexa logs {job_id} --follow; stop: ray job stop {job_id}",
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     colour = "green" if status == "SUCCEEDED" else "red"
     console.print(f"job {job_id} [{colour}]{status}[/{colour}] {reason}".rstrip(), soft_wrap=True)
@@ -335,10 +364,7 @@ def jobs_(address: JobsAddress = None, token: JobsToken = None) -> None:
 
     from plexa import jobs
 
-    try:
-        rows = jobs.list_jobs(jobs.connect(address, token))
-    except jobs.JobsError as exc:
-        raise _fail(str(exc), 1) from None
+    rows = jobs.list_jobs(jobs.connect(address, token))
     colours = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan"}
     table = Table("job id", "status", "entrypoint", "started", "type")
     for row in rows:
@@ -360,21 +386,16 @@ def logs(
     from plexa import jobs
 
     console = _console()
-    try:
-        client = jobs.connect(address, token)
-        if follow:
-            from rich.text import Text
+    client = jobs.connect(address, token)
+    if follow:
+        from rich.text import Text
 
-            status = jobs.tail(
-                client, job_id, lambda line: console.print(Text.from_ansi(line), soft_wrap=True)
-            )
-            console.print(f"job {job_id} {status}", markup=False)
-        else:
-            sys.stdout.write(jobs.logs(client, job_id))
-    except jobs.JobsError as exc:
-        raise _fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        status = jobs.tail(
+            client, job_id, lambda line: console.print(Text.from_ansi(line), soft_wrap=True)
+        )
+        console.print(f"job {job_id} {status}", markup=False)
+    else:
+        sys.stdout.write(jobs.logs(client, job_id))
 
 
 @app.command()
@@ -400,36 +421,19 @@ def federate(
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
+    from plexa import orchestrator
     from plexa.config import FederatedSpec
-    from plexa.export import ExportError
-    from plexa.federated.partition import PartitionError
-    from plexa.runners import federated
+    from plexa.events import printer
+    from plexa.runners.federated import FederatedRunner
 
     console = _console()
     if spec.federated is None:
         spec.federated = FederatedSpec()
         console.print("[yellow]note:[/yellow] no federated: section; using the defaults")
-    fed = spec.federated
-    mode = "SuperLink + SuperNode processes" if deploy else "simulation"
-    console.print(
-        f"[bold]plexa[/bold] federating [cyan]{spec.name}[/cyan]: {spec.model.plugin} on "
-        f"{spec.data.plugin}, {fed.clients} clients ({fed.partition.scheme}), {fed.rounds} "
-        f"rounds of {fed.strategy}, {mode}"
-    )
-
-    from plexa import orchestrator
-    from plexa.events import printer
-
+    runner = FederatedRunner(deploy)
+    console.print(f"[bold]plexa[/bold] {runner.verb} {runner.describe(spec)}", highlight=False)
     show = printer(lambda line: console.print(line, markup=False))
-    try:
-        result = orchestrator.run(spec, sinks=[show], runner=federated.FederatedRunner(deploy))
-    except KeyboardInterrupt:
-        console.print("\n[yellow]interrupted[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except PartitionError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
-    except (ExportError, RuntimeError) as exc:
-        raise _fail(str(exc), 1) from None
+    result = orchestrator.run(spec, sinks=[show], runner=runner)
     _summary(console, pipeline, result)
 
 
@@ -446,18 +450,17 @@ def _export_file(target: str, tracking_uri: str | None) -> Path:
     if path.is_file():
         return path
     if path.suffix == ".onnx":
-        raise _fail(f"no ONNX file at {path}", EXIT_INVALID)
+        raise NotFoundError(f"no ONNX file at {path}")
     try:
         run = get_run(target, tracking_uri)
     except RunNotFoundError as exc:
-        raise _fail(f"{target} is neither an ONNX file nor a run: {exc}", EXIT_INVALID) from None
+        raise NotFoundError(f"{target} is neither an ONNX file nor a run: {exc}") from None
     run_dir = run.data.tags.get("plexa.run_dir")
     exported = Path(run_dir) / "export" / "model.onnx" if run_dir else None
     if exported is None or not exported.is_file():
-        raise _fail(
+        raise NotFoundError(
             f"run {target} has no ONNX export on this machine (looked in {exported}); "
-            f"make one with: plexa export {target}",
-            EXIT_INVALID,
+            f"make one with: plexa export {target}"
         )
     return exported
 
@@ -487,38 +490,31 @@ def generate(
     """New samples from an export: a PNG grid (gan, vae, diffusion) or text (language models)."""
     import json
 
+    path = _export_file(target, tracking_uri)
     import onnx
 
-    path = _export_file(target, tracking_uri)
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise _fail(f"{path} is not a readable ONNX file: {exc}", EXIT_INVALID) from None
+    except Exception as exc:  # onnx raises its own types (DecodeError, ...) for foreign files
+        raise UserError(f"{path} is not a readable ONNX file: {exc}") from None
     props = {p.key: p.value for p in model.metadata_props}
     task = props.get("task")
     console = _console()
     if task == "generative":
         from plexa import imagegen
 
-        try:
-            written = imagegen.generate(path, out, n, seed)
-        except imagegen.GenerateError as exc:
-            raise _fail(str(exc), EXIT_INVALID) from None
+        written = imagegen.generate(path, out, n, seed)
         kind = json.loads(props["generative"])["kind"]
         console.print(f"{n} samples from {kind} export {path} -> {written}", markup=False)
     elif task == "language-model":
         from plexa import textgen
 
-        try:
-            text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
-        except textgen.TextGenError as exc:  # e.g. prompt characters outside the vocabulary
-            raise _fail(str(exc), EXIT_INVALID) from None
+        text = textgen.generate_text(path, prompt, max_new_tokens, temperature, top_k, seed)
         console.print(text, markup=False, highlight=False)
     else:
-        raise _fail(
+        raise UserError(
             f"{path} is a {task or 'non-plexa'} export; plexa generate needs a generative "
-            "(gan, vae, diffusion) or language-model export",
-            EXIT_INVALID,
+            "(gan, vae, diffusion) or language-model export"
         )
 
 
@@ -568,11 +564,11 @@ def serve(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page."""
-    from plexa.serving import ServeError, ServeOptions, TargetError
+    from plexa.serving import ServeOptions
     from plexa.serving import serve as run_server
 
     if replicas > 1 and not ray:
-        raise _fail("--replicas needs --ray", EXIT_INVALID)
+        raise UserError("--replicas needs --ray")
     options = ServeOptions(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -592,15 +588,7 @@ def serve(
     # uvicorn answers SIGTERM itself (every request in flight is finished), then raises it
     # again for the default action: the process ends by the signal, as servers do
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        run_server(targets, host, port, options, ray=ray, replicas=replicas,
-                   tracking_uri=tracking_uri)
-    except TargetError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
-    except ServeError as exc:
-        raise _fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    run_server(targets, host, port, options, ray=ray, replicas=replicas, tracking_uri=tracking_uri)
 
 
 # --------------------------------------------------------------------------- sync
@@ -619,7 +607,8 @@ def sync(
     target: Annotated[
         str | None,
         typer.Option(
-            "--to", help="The MLflow server; default the one each run failed over from.",
+            "--to",
+            help="The MLflow server; default the one each run failed over from.",
             show_default=False,
         ),
     ] = None,
@@ -628,22 +617,10 @@ def sync(
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
-    from plexa.tracking_failover import SyncError, unavailable
     from plexa.tracking_failover import sync as sync_runs
 
     console = _console()
-    try:
-        synced = sync_runs(source, target)
-    except SyncError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
-    except Exception as exc:
-        if not unavailable(exc):
-            raise
-        raise _fail(
-            f"the MLflow server did not answer ({type(exc).__name__}); runs not yet copied "
-            "stay in the local store: run this again once it is back",
-            1,
-        ) from None
+    synced = sync_runs(source, target)
     for run in synced:
         registered = f", registered {' '.join(run.registered)}" if run.registered else ""
         console.print(

@@ -17,11 +17,12 @@ from pydantic import (
     model_validator,
 )
 
+from plexa.errors import UserError
 from plexa.plugins import PluginConfig, PluginError, Registry, architectures, datasets
 from plexa.problems import pydantic_problems
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid pipeline: every problem found, each as (path, message)."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "pipeline") -> None:

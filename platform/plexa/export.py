@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plexa.errors import RunFailed
+
 if TYPE_CHECKING:
     import numpy as np
     import onnx
@@ -49,7 +51,7 @@ _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo"
 _SINGLE_ROWS = 3  # rows also run one at a time, to prove the dynamic batch axis
 
 
-class ExportError(RuntimeError):
+class ExportError(RunFailed, RuntimeError):
     """The network could not be exported to a usable ONNX file."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -23,7 +25,7 @@ METADATA_KEY = "generative"
 TIMESTEP_INPUT = "timestep"
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     """The file is not a generative export plexa can sample from."""
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from plexa.errors import NotFoundError, UnreachableError, UserError
+
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
     from rich.console import Console
@@ -43,8 +45,17 @@ POLL_SECONDS = 1.0
 _EPOCH = re.compile(r"\bepoch\s+(\d+)(?:/(\d+))?\s")
 
 
-class JobsError(Exception):
-    """A jobs API problem worth one line to the user: unreachable, refused, no such job."""
+class JobsError(UserError):
+    """A jobs API problem worth one line to the user: a bad `--env`, an unreadable token file,
+    a request the cluster rejected; the subclasses say unreachable, refused or no such job."""
+
+
+class ClusterUnreachableError(JobsError, UnreachableError):
+    """The jobs API did not answer, or refused the token."""
+
+
+class JobNotFoundError(JobsError, NotFoundError):
+    """The cluster has no job of that id."""
 
 
 @dataclass(frozen=True)
@@ -130,18 +141,18 @@ def _call(address: str, request: Callable[[], Any], job_id: str | None = None) -
         return request()
     except AuthenticationError as exc:
         first = str(exc).splitlines()[0]
-        raise JobsError(
+        raise ClusterUnreachableError(
             f"the Ray cluster at {address} refused the request ({first}). Pass its token with "
             "RAY_AUTH_TOKEN or --token; on the head, `ray get-auth-token` prints it."
         ) from None
     except (requests.ConnectionError, ConnectionError) as exc:
-        raise JobsError(
+        raise ClusterUnreachableError(
             f"cannot reach the Ray jobs API at {address} ({type(exc).__name__}); is the cluster "
             "up, and is this its dashboard address (default port 8265)?"
         ) from None
     except RuntimeError as exc:
         if job_id and "404" in str(exc):
-            raise JobsError(f"no job {job_id} on {address}") from None
+            raise JobNotFoundError(f"no job {job_id} on {address}") from None
         raise JobsError(f"the Ray jobs API at {address} failed: {exc}") from None
 
 

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from plexa.errors import NotFoundError, UserError
+
 
 class PluginConfig(BaseModel):
     """Base of every plugin's own `Config`: unknown keys are an error, values are checked."""
@@ -131,11 +133,11 @@ class DataPlugin(Plugin):
 # --------------------------------------------------------------------------- errors
 
 
-class PluginError(Exception):
+class PluginError(UserError):
     """Any problem with a plugin; the message names the plugin."""
 
 
-class PluginNotFoundError(PluginError, KeyError):
+class PluginNotFoundError(PluginError, NotFoundError, KeyError):
     def __init__(self, kind: str, name: str, available: list[str]) -> None:
         self.kind, self.name, self.available = kind, name, available
         listed = ", ".join(available) or "none"

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plexa.errors import UserError
+
 TOKEN_ENV = "PLEXA_SERVE_TOKEN"
 CACHE_ENV = "PLEXA_SERVE_CACHE"  # where registered models are fetched to; shared by all nodes
 _KEYS = {"targets", "replicas", "max_batch", "max_wait_ms", "batching", "tracking_uri"}
 
 
-class ServiceArgsError(ValueError):
+class ServiceArgsError(UserError, ValueError):
     """serveConfigV2's args are wrong; the message names every problem."""
 
 
@@ -39,8 +41,10 @@ def parse(args: Mapping[str, Any]) -> ServiceArgs:
     known = ", ".join(sorted(_KEYS))
     problems = [f"args.{k}: unknown key (known: {known})" for k in args if k not in _KEYS]
     targets = args.get("targets")
-    if not isinstance(targets, list) or not targets or not all(
-        isinstance(t, str) and t for t in targets
+    if (
+        not isinstance(targets, list)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
     ):
         problems.append("args.targets: a non-empty list of models:/NAME/VERSION, runs or files")
     for key, kind, low in (("replicas", int, 1), ("max_batch", int, 1), ("max_wait_ms", float, 0)):

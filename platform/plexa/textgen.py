@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
 
 TASK = "language-model"
 
 
-class TextGenError(ValueError):
+class TextGenError(UserError, ValueError):
     """The file is not a language model plexa can sample from, or the request is invalid."""
 
 

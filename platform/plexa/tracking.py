@@ -7,6 +7,7 @@ queue is flushed before the run is closed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import time
@@ -17,19 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 import plexa
 from plexa.config import PipelineSpec
-from plexa.errors import NotFoundError, PlexaError, ResumeError, RunInterrupted
+from plexa.errors import NotFoundError, PlexaError, ResumeError, RunInterrupted, UnreachableError
 from plexa.plugins import architectures, datasets
 from plexa.runs import CHECKPOINTS, checkpoint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
+    from mlflow.exceptions import MlflowException
 
     from plexa.events import Event
 
 PIPELINE_ARTIFACT = "pipeline.yaml"
 ERROR_TAG = "plexa.error"  # why a FAILED run failed, when plexa knows
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+# MLflow's codes for an HTTP 401 or 403
+_REFUSED = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED")
 
 
 class RunNotFoundError(NotFoundError, LookupError):
@@ -45,6 +49,50 @@ def resolve_uri(explicit: str | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return mlflow.get_tracking_uri()
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    """A client for the store, checked first: a server that does not answer is an
+    UnreachableError now instead of after MLflow's minutes of retries, and a sqlite file in a
+    folder that does not exist a NotFoundError instead of SQLAlchemy's traceback."""
+    import mlflow
+
+    resolved = resolve_uri(uri)
+    if resolved.startswith(("http://", "https://")):
+        require_answer(resolved)
+    elif resolved.startswith("sqlite:///"):
+        folder = Path(resolved.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise NotFoundError(f"no folder {folder} for the MLflow store {resolved}")
+    return mlflow.MlflowClient(resolved)
+
+
+@functools.cache  # only an answer is remembered: a raise is not cached
+def require_answer(uri: str) -> None:
+    """An UnreachableError unless the server at `uri` answers HTTP at all (any status)."""
+    import requests
+
+    from plexa.tracking_failover import PROBE_TIMEOUT
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT)
+    except requests.exceptions.SSLError:
+        return  # it answered; MLflow's own TLS settings (a CA file, insecure) decide the rest
+    except requests.RequestException as exc:
+        raise UnreachableError(
+            f"the MLflow server at {uri} did not answer ({type(exc).__name__}): is it running, "
+            "and is that its address?"
+        ) from None
+
+
+def raise_if_refused(exc: MlflowException, uri: str) -> None:
+    """An UnreachableError when the server refused the request's credentials (not a missing
+    run: the user must fix the credentials, not the id)."""
+    if exc.error_code in _REFUSED:
+        raise UnreachableError(
+            f"the MLflow server at {uri} refused the credentials ({exc.error_code}): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        ) from exc
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -268,26 +316,32 @@ def warm_store(uri: str | None) -> None:
 
 
 def get_run(run_id: str, uri: str | None = None) -> Run:
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(resolve_uri(uri))
+    store = client(uri)
     try:
-        return client.get_run(run_id)
+        return store.get_run(run_id)
     except MlflowException as exc:
-        raise RunNotFoundError(f"no MLflow run '{run_id}' in the store {resolve_uri(uri)}") from exc
+        raise_if_refused(exc, store.tracking_uri)
+        where = store.tracking_uri
+        raise RunNotFoundError(f"no MLflow run '{run_id}' in the store {where}") from exc
 
 
 def logged_pipeline(run_id: str, uri: str | None = None) -> str:
     """The resolved pipeline YAML a run was started with."""
     import tempfile
 
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
     get_run(run_id, uri)
-    client = mlflow.MlflowClient(resolve_uri(uri))
+    store = client(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(run_id, PIPELINE_ARTIFACT, tmp)).read_text()
+        try:
+            return Path(store.download_artifacts(run_id, PIPELINE_ARTIFACT, tmp)).read_text()
+        except (MlflowException, OSError) as exc:
+            raise NotFoundError(
+                f"run {run_id} has no {PIPELINE_ARTIFACT} artifact: was it started by plexa?"
+            ) from exc
 
 
 @contextlib.contextmanager
@@ -361,18 +415,22 @@ def recent_runs(limit: int = 20, uri: str | None = None) -> list[RunRow]:
     """Newest first, across experiments; only runs plexa started."""
     import datetime as dt
 
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(resolve_uri(uri))
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    runs = client.search_runs(
-        experiments,
-        filter_string="tags.`plexa.pipeline` != ''",
-        max_results=limit,
-        order_by=["attributes.start_time DESC"],
-    )
+    store = client(uri)
+    try:
+        experiments = [e.experiment_id for e in store.search_experiments()]
+        if not experiments:
+            return []
+        runs = store.search_runs(
+            experiments,
+            filter_string="tags.`plexa.pipeline` != ''",
+            max_results=limit,
+            order_by=["attributes.start_time DESC"],
+        )
+    except MlflowException as exc:
+        raise_if_refused(exc, store.tracking_uri)
+        raise
     rows = []
     for run in runs:
         started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")

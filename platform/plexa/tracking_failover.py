@@ -23,9 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plexa.errors import UserError
+from plexa.errors import UnreachableError, UserError
 from plexa.runs import runs_root
-from plexa.tracking import PIPELINE_ARTIFACT, Tracker, flatten, point_mlflow_at
+from plexa.tracking import (
+    PIPELINE_ARTIFACT,
+    Tracker,
+    flatten,
+    point_mlflow_at,
+    raise_if_refused,
+    require_answer,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -322,8 +329,15 @@ def sync(source: str | None = None, target: str | None = None) -> list[SyncedRun
     """Copy every run of the offline store not yet synced to its server (`target`, else the
     server the run failed over from). Idempotent: a synced run is tagged and skipped."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     given, source = source, source or offline_uri()
+    if "://" not in source:  # a path: the sqlite file runs failed over to (or a folder store)
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise SyncError(f"--from {given}: no such store")
+        if path.is_file():
+            source = f"sqlite:///{path.absolute()}"
     if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
         if given:
             raise SyncError(f"--from {given}: no such store")
@@ -331,15 +345,33 @@ def sync(source: str | None = None, target: str | None = None) -> list[SyncedRun
     local = mlflow.MlflowClient(source)
     experiments = [e.experiment_id for e in local.search_experiments()]
     runs = local.search_runs(experiments, max_results=10000) if experiments else []
-    done = []
+    done: list[SyncedRun] = []
     for run in sorted(runs, key=lambda r: r.info.start_time):
         if SYNCED_TAG in run.data.tags:
             continue
         uri = target or run.data.tags.get(REMOTE_URI_TAG)
         if not uri:
             raise SyncError(f"run {run.info.run_id} in {source} names no server: pass --to URI")
-        done.append(_sync_run(local, run, mlflow.MlflowClient(uri), uri))
+        try:
+            if is_remote(uri):  # probed: a server that is down costs minutes of MLflow retries
+                require_answer(uri)
+            done.append(_sync_run(local, run, mlflow.MlflowClient(uri), uri))
+        except UnreachableError:
+            raise _gone(uri, len(done)) from None
+        except Exception as exc:
+            if isinstance(exc, MlflowException):
+                raise_if_refused(exc, uri)
+            if not unavailable(exc):
+                raise
+            raise _gone(uri, len(done)) from exc
     return done
+
+
+def _gone(uri: str, copied: int) -> UnreachableError:
+    return UnreachableError(
+        f"the MLflow server at {uri} did not answer; {copied} run(s) copied, the rest stay in "
+        "the local store: run this again once it is back"
+    )
 
 
 def _sync_run(local: MlflowClient, run: Run, remote: MlflowClient, uri: str) -> SyncedRun:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from plexa import DataError
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split
 
@@ -78,15 +79,15 @@ class Images(DataPlugin):
                     with Image.open(file) as img:
                         img = img.convert(pil_mode).resize((width, height), Image.BILINEAR)
                         pixels = np.asarray(img, dtype=np.float32) / 255.0
-                except (OSError, UnidentifiedImageError) as exc:
-                    raise ValueError(f"cannot read image {file}: {exc}") from exc
+                except (OSError, UnidentifiedImageError) as exc:  # truncated, or not an image
+                    raise DataError(f"{file}: cannot read it as an image ({exc})") from None
                 xs.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
                 ys.append(label)
         x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
         counts = np.bincount(y)
         if counts.min() < 3:
             small = [n for n, c in zip(classes, counts, strict=True) if c < 3]
-            raise ValueError(
+            raise DataError(
                 f"{config.path}: class(es) {', '.join(small)} have fewer than 3 images; "
                 "each class needs at least 3 to split into train / val / test"
             )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from plexa import DataError
 from plexa.plugins import DataPlugin, DataSpec, DataSplits, PluginConfig, Split
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ STDLIB_MODULES: tuple[str, ...] = tuple(
             "urllib.request", "uuid", "warnings", "wave", "weakref", "webbrowser", "zipfile",
         )
     )
-)
+)  # fmt: skip
 BUILTIN_CORPUS = "stdlib-docstrings"
 
 
@@ -92,7 +93,7 @@ class Text(DataPlugin):
         n_val = max(1, round(n * config.val_fraction))
         if n - n_test - n_val < 1:
             source = config.path or BUILTIN_CORPUS
-            raise ValueError(
+            raise DataError(
                 f"{source}: {len(text)} characters make {n} blocks of {config.block}; "
                 "too few to split into train, val and test (lower `block`)"
             )
@@ -125,7 +126,7 @@ def windows(blocks: list[np.ndarray], context: int, stride: int) -> Split:
             xs.append(ids[idx])
             ys.append(ids[idx + 1])
     if not xs:
-        raise ValueError(f"no block is longer than the context ({context} characters)")
+        raise DataError(f"no block is longer than the context ({context} characters)")
     return Split(np.concatenate(xs), np.concatenate(ys))
 
 
@@ -134,24 +135,27 @@ def read_text(path: str | None, max_chars: int) -> str:
     if path is None:
         text = stdlib_docstrings()
         if not text:
-            raise ValueError(
+            raise DataError(
                 f"the built-in corpus is empty: no source files of {STDLIB_MODULES[0]} ... "
                 f"under {sysconfig.get_paths()['stdlib']}; give data.params.path instead"
             )
         return text[:max_chars]
-    with open(path, "rb") as f:
-        raw = f.read(4 * max_chars)  # a UTF-8 character is at most 4 bytes
-        cut = bool(f.read(1))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4 * max_chars)  # a UTF-8 character is at most 4 bytes
+            cut = bool(f.read(1))
+    except OSError as exc:
+        raise DataError(f"cannot read the text file {path}: {exc.strerror}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         if not (cut and exc.reason == "unexpected end of data"):
-            raise ValueError(
+            raise DataError(
                 f"{path} is not UTF-8 text: byte {exc.start} cannot be decoded ({exc.reason})"
-            ) from exc
+            ) from None
         text = raw[: exc.start].decode("utf-8")  # the read ended inside a character
     if not text:
-        raise ValueError(f"{path} is empty")
+        raise DataError(f"{path} is empty: expected UTF-8 text")
     return text[:max_chars]
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 
+from plexa.errors import RunFailed
 from plexa.federated.apps import GLOBAL_STATE, JOB_KEY
 
 HOST = "127.0.0.1"
@@ -27,7 +28,7 @@ FEDERATION = "plexa-local"
 BIN = Path(sys.executable).parent
 
 
-class DeployError(RuntimeError):
+class DeployError(RunFailed, RuntimeError):
     """A Flower process failed to start, or the run did not complete."""
 
 

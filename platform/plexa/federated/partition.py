@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
 
     from plexa.config import PartitionSpec
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """The training set cannot be split as asked (too few samples or labels)."""
 
 
-def partition(
-    labels: np.ndarray, clients: int, spec: PartitionSpec, seed: int
-) -> list[np.ndarray]:
+def partition(labels: np.ndarray, clients: int, spec: PartitionSpec, seed: int) -> list[np.ndarray]:
     """Indices into the training set, one sorted array per client; together they cover it once.
 
     Every client gets at least one sample (a client without data cannot report a weight).

@@ -111,6 +111,7 @@ class Runner(ABC):
     start Ray there, beside the tracking store's start-up)."""
 
     name: ClassVar[str]
+    verb: ClassVar[str] = "training"  # what `plexa run` says it is doing
     # `--resume` continues from the run's last checkpoint (a sweep restores its Tune experiment)
     resumes_from_checkpoint: ClassVar[bool] = True
 
@@ -120,6 +121,13 @@ class Runner(ABC):
     @contextlib.contextmanager
     def session(self, spec: PipelineSpec) -> Iterator[None]:
         yield
+
+    def describe(self, spec: PipelineSpec) -> str:
+        """One line for the terminal: what this run will do."""
+        return (
+            f"[cyan]{spec.name}[/cyan]: {spec.model.plugin} on {spec.data.plugin}, "
+            f"{spec.train.max_epochs} epochs"
+        )
 
     @abstractmethod
     def train(self, job: Job) -> Trained:

@@ -33,9 +33,20 @@ class FederatedRunner(Runner):
     --deploy`)."""
 
     name = "federated"
+    verb = "federating"
 
     def __init__(self, deploy: bool = False) -> None:
         self.deploy = deploy
+
+    def describe(self, spec: PipelineSpec) -> str:
+        fed = spec.federated
+        assert fed is not None
+        mode = "SuperLink + SuperNode processes" if self.deploy else "simulation"
+        return (
+            f"[cyan]{spec.name}[/cyan]: {spec.model.plugin} on {spec.data.plugin}, "
+            f"{fed.clients} clients ({fed.partition.scheme}), {fed.rounds} rounds of "
+            f"{fed.strategy}, {mode}"
+        )
 
     def check(self, spec: PipelineSpec, resume: str | None) -> None:
         if spec.federated is None:

@@ -198,11 +198,21 @@ def _absolute_uri(uri: str) -> str:
 @register("sweep")
 class SweepRunner(Runner):
     name = "sweep"
+    verb = "sweeping"
     resumes_from_checkpoint = False  # Tune restores its experiment from the run's folder
 
     def check(self, spec: PipelineSpec, resume: str | None) -> None:
         if spec.sweep is None:
             raise UserError("the sweep runner needs a sweep: section in the pipeline")
+
+    def describe(self, spec: PipelineSpec) -> str:
+        sweep = spec.sweep
+        assert sweep is not None
+        return (
+            f"[cyan]{spec.name}[/cyan]: {spec.model.plugin} on {spec.data.plugin}, "
+            f"{sweep.trials} trials ({sweep.search}, {sweep.scheduler}) of up to "
+            f"{spec.train.max_epochs} epochs"
+        )
 
     def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
         from plexa.runners.ray import ray_session

@@ -6,6 +6,7 @@ Serve deployment with `ray=True`). Heavy imports stay inside the functions.
 
 from __future__ import annotations
 
+from plexa.errors import RunFailed
 from plexa.serving.logs import configure_logging
 from plexa.serving.options import ServeOptions
 from plexa.serving.targets import Target, TargetError, resolve_all
@@ -21,7 +22,7 @@ __all__ = [
 ]
 
 
-class ServeError(RuntimeError):
+class ServeError(RunFailed, RuntimeError):
     """The server could not start serving (a model failed to load)."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
     import onnxruntime as ort
@@ -38,7 +40,7 @@ _ORT_TYPES["tensor(float)"] = "float32"
 _WARMUP_BATCHES = (1, 2, 8)
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The file cannot be served: not ONNX, unreadable, or a shape plexa cannot serve."""
 
 

@@ -12,12 +12,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from plexa.errors import UserError
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_FILE = "model.onnx"
 
 
-class TargetError(ValueError):
+class TargetError(UserError, ValueError):
     """A target that names nothing servable; the message says which and why."""
 
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from plexa.errors import UserError
+
 if TYPE_CHECKING:
     from plexa.config import PipelineSpec
 
@@ -31,7 +33,7 @@ KINDS = ("choice", *RANGES)
 SEARCHABLE = ("model.params.", "train.")
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A space that cannot be searched; `problems` are (path, message) pairs."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
@@ -170,8 +172,12 @@ def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
     named = [("sweep.metric", sweep.metric)] if sweep.metric else []
     named += [(f"sweep.objectives.{k}", k) for k in sweep.objectives if "/" in k]
     return [
-        (where, f"the {spec.task()} task logs no '{name}' (it logs "
-         + ", ".join(f"val/{m}" for m in sorted(known)) + ")")
+        (
+            where,
+            f"the {spec.task()} task logs no '{name}' (it logs "
+            + ", ".join(f"val/{m}" for m in sorted(known))
+            + ")",
+        )
         for where, name in named
         if name.partition("/")[2] not in known
     ]
