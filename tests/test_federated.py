@@ -117,14 +117,15 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
     """FedProx's term works through plexa's own training step (manual optimisation)."""
     import torch
 
-    from plexa.federated.apps import ProximalTerm, build_module, load_data, make_trainer
+    from plexa.assembly import build, load_data
+    from plexa.federated.apps import ProximalTerm, make_trainer
     from plexa.training import memory_data
 
     spec = load_pipeline(PIPELINE, ["train.limit_batches=5"])
     data = load_data(spec)
 
     def drift(mu: float) -> float:
-        module = build_module(spec, data)
+        module = build(spec, data).module
         start = [p.detach().clone() for p in module.parameters()]
         callbacks = [ProximalTerm(mu)] if mu else []
         trainer = make_trainer(spec, 1, callbacks)
