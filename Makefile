@@ -22,6 +22,8 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/import-cycles
 
 test: lint system
 	$(BIN)/python -m pytest

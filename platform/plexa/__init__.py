@@ -2,6 +2,10 @@
 
 `import plexa` stays light: the plugin API is loaded on first use, and torch, Lightning, MLflow
 and ONNX Runtime only inside the functions that need them.
+
+The public API, for plugins and for code that drives plexa, is the names below (`__all__`) and
+the modules in `PUBLIC_MODULES`; everything else (runners, tracking, the command) may change.
+`tests/test_layers.py` holds plexa's own plugins to it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,17 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+PUBLIC_MODULES = (
+    "plexa",
+    "plexa.plugins",  # Architecture, DataPlugin, PluginConfig, DataSpec, DataSplits, Split
+    "plexa.config",  # the pipeline's spec classes (TrainSpec, ...), load_pipeline, validate
+    "plexa.errors",  # UserError, DataError, ... and their exit codes
+    "plexa.splits",  # seeded train/val/test splits and standardisation for data plugins
+    "plexa.optim",  # the optimisers and schedules a pipeline names, for modules that step
+    "plexa.imagegen",  # sample grids and DDPM sampling for generative plugins
+    "plexa.scoring",  # the digits scorer generative plugins report against
+)
 
 _LAZY = {
     "Architecture": "plexa.plugins",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plexa import runners, tracking
+from plexa import runners, tracking, tracking_open
 from plexa.config import PipelineSpec
 from plexa.errors import ResumeError
 from plexa.runners import Job, Runner, RunResult
@@ -46,7 +46,7 @@ def run(
         return RunResult(spec.name, None, "FINISHED")
     if resume:
         tracking.check_resume(spec, resume)
-    with runner.session(spec), tracking.open_run(spec, resume) as tracker:
+    with runner.session(spec), tracking_open.open_run(spec, resume) as tracker:
         folder = run_dir(tracker.run_id)
         os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks > 0 keep their checkpoints there
         tracker.set_tags({RUN_DIR_TAG: str(folder)})

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import plexa
 from plexa.config import PipelineSpec
-from plexa.errors import NotFoundError, PlexaError, ResumeError, RunInterrupted, UnreachableError
+from plexa.errors import NotFoundError, ResumeError, UnreachableError
 from plexa.plugins import architectures, datasets
 from plexa.runs import CHECKPOINTS, checkpoint
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from plexa.events import Event
 
 PIPELINE_ARTIFACT = "pipeline.yaml"
+PROBE_TIMEOUT = 5.0  # seconds: how long a check waits for an MLflow server's /health
 ERROR_TAG = "plexa.error"  # why a FAILED run failed, when plexa knows
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 # MLflow's codes for an HTTP 401 or 403
@@ -71,8 +72,6 @@ def client(uri: str | None = None) -> MlflowClient:
 def require_answer(uri: str) -> None:
     """An UnreachableError unless the server at `uri` answers HTTP at all (any status)."""
     import requests
-
-    from plexa.tracking_failover import PROBE_TIMEOUT
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT)
@@ -306,6 +305,11 @@ def point_mlflow_at(uri: str, run_id: str) -> None:
     mlflow.set_experiment(experiment_id=experiment)
 
 
+def is_remote(uri: str) -> bool:
+    """An MLflow server (which may go away), not a store on this machine."""
+    return uri.startswith(("http://", "https://"))
+
+
 def warm_store(uri: str | None) -> None:
     """Open the store once (a fresh sqlite store migrates its schema, seconds of Python); the
     client is cached per URI, so the run opens it warm. Problems surface when the run opens."""
@@ -474,40 +478,3 @@ def start_run(
     tracker.log_params(flatten(spec.model_dump(mode="json")))
     tracker.log_text(spec.to_yaml(), PIPELINE_ARTIFACT)
     return tracker
-
-
-@contextlib.contextmanager
-def open_run(spec: PipelineSpec, resume: str | None = None) -> Iterator[Tracker]:
-    """Start (or reopen, for `--resume`) the pipeline's MLflow run; close it with the right
-    status: FINISHED, KILLED on Ctrl-C, FAILED on an error."""
-    import mlflow
-
-    from plexa import tracking_failover
-
-    uri = resolve_uri(spec.tracking.uri)
-    mlflow.set_tracking_uri(uri)
-    if resume:
-        get_run(resume, uri)
-        tracker = Tracker(resume, uri)
-        tracker.client().update_run(resume, status="RUNNING")
-    elif tracking_failover.is_remote(uri):  # a server may fail: fail over to a local store
-        tracker = tracking_failover.open_remote(spec, uri, tags_for(spec))
-    else:
-        experiment = spec.tracking.experiment or spec.name
-        tracker = start_run(uri, experiment, spec.tracking.run_name, tags_for(spec), spec)
-    point_mlflow_at(tracker.active_uri, tracker.active_run_id)
-    if spec.tracking.system_metrics:
-        tracker.start_system_metrics(resume=resume is not None)
-    status = "FAILED"
-    try:
-        yield tracker
-        status = "FINISHED"
-    except (RunInterrupted, KeyboardInterrupt):
-        status = "KILLED"
-        raise
-    except PlexaError as exc:
-        message = str(exc)[:5000]
-        tracker.guarded("the error", lambda: tracker.set_tags({ERROR_TAG: message}))
-        raise
-    finally:
-        tracker.close(status)

@@ -27,8 +27,10 @@ from plexa.errors import UnreachableError, UserError
 from plexa.runs import runs_root
 from plexa.tracking import (
     PIPELINE_ARTIFACT,
+    PROBE_TIMEOUT,
     Tracker,
     flatten,
+    is_remote,
     point_mlflow_at,
     raise_if_refused,
     require_answer,
@@ -47,7 +49,6 @@ REMOTE_URI_TAG = "plexa.offline.remote_uri"
 REMOTE_RUN_TAG = "plexa.offline.remote_run_id"
 SYNCED_TAG = "plexa.synced_to"
 SYNCED_FROM_TAG = "plexa.synced_from"
-PROBE_TIMEOUT = 5.0  # seconds: how long the start-up check waits for the server's /health
 # MLflow error codes that mean "the server side failed", not "this request was wrong"
 _SERVER_SIDE = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -56,10 +57,6 @@ _PARAM_BATCH = 100
 
 class SyncError(UserError, RuntimeError):
     """An offline run could not be copied to the server; the message says which and why."""
-
-
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
 
 
 def offline_uri() -> str:
