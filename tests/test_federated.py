@@ -247,7 +247,14 @@ def test_simulation_survives_a_failing_client(workdir: Path, monkeypatch) -> Non
             "export.register_as=digits-fed-sim",
         ],
     )
-    result = orchestrator.run(spec)  # `plexa run` of a federated pipeline simulates it
+    from plexa.events import render
+
+    shown: list[str] = []  # what `plexa run` prints: the same events through the same render
+    # `plexa run` of a federated pipeline simulates it
+    result = orchestrator.run(spec, sinks=[lambda event: shown.append(render(event))])
+    rounds = [line for line in shown if line.startswith("round")]
+    assert [r.split()[1] for r in rounds] == ["0/2", "1/2", "2/2"], shown  # as they end
+    assert "clients 2/3 (1 failed)" in rounds[-1]
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["plexa.federated.mode"] == "simulation"

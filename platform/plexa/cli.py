@@ -391,7 +391,9 @@ def logs(
         from rich.text import Text
 
         status = jobs.tail(
-            client, job_id, lambda line: console.print(Text.from_ansi(line), soft_wrap=True)
+            client,
+            job_id,
+            lambda line: console.print(Text.from_ansi(jobs.readable(line)), soft_wrap=True),
         )
         console.print(f"job {job_id} {status}", markup=False)
     else:

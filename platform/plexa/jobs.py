@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from plexa.errors import NotFoundError, UnreachableError, UserError
+from plexa.events import EVENTS_ENV, Event, render
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PIPELINE_FILE = "pipeline.yaml"
 POLL_SECONDS = 1.0
-_EPOCH = re.compile(r"\bepoch\s+(\d+)(?:/(\d+))?\s")
 
 
 class JobsError(UserError):
@@ -201,8 +200,8 @@ def submit(
         header = f"# {spec.name}: resolved by plexa submit for Ray job {submission_id}\n"
         (Path(folder) / PIPELINE_FILE).write_text(header + spec.to_yaml())
         runtime_env: dict[str, Any] = {"working_dir": folder, "py_modules": _code()}
-        if env:
-            runtime_env["env_vars"] = env
+        # the job prints its progress as events, which `watch` and `logs` render here
+        runtime_env["env_vars"] = {EVENTS_ENV: "json", **(env or {})}
         return _call(
             client.get_address(),
             lambda: client.submit_job(
@@ -288,11 +287,13 @@ def watch(client: JobSubmissionClient, job_id: str, console: Console, epochs: in
     task = progress.add_task(f"{job_id} PENDING", total=epochs)
 
     def on_line(line: str) -> None:
-        text = Text.from_ansi(line)
-        progress.console.print(text, soft_wrap=True)
-        seen = _EPOCH.search(text.plain)
-        if seen:  # a two-node cluster on one machine may print a line twice: take the max
-            done = max(int(seen.group(1)), int(progress.tasks[0].completed))
+        event = Event.from_line(line)
+        if event is None:
+            progress.console.print(Text.from_ansi(line), soft_wrap=True)
+            return
+        progress.console.print(render(event), markup=False, soft_wrap=True)
+        if event.kind == "epoch":  # a two-node cluster on one machine may print a line twice
+            done = max(event.index + 1, int(progress.tasks[0].completed))
             progress.update(task, completed=min(done, epochs))
 
     def on_status(status: str) -> None:
@@ -306,6 +307,12 @@ def watch(client: JobSubmissionClient, job_id: str, console: Console, epochs: in
         )
 
 
+def readable(line: str) -> str:
+    """A job's log line as the terminal shows it: an event rendered, anything else as it is."""
+    event = Event.from_line(line)
+    return line if event is None else render(event)
+
+
 def tail(client: JobSubmissionClient, job_id: str, on_line: Callable[[str], None]) -> str:
     """Follow a job's logs line by line until it ends; returns its final status."""
     return _call(
@@ -316,8 +323,15 @@ def tail(client: JobSubmissionClient, job_id: str, on_line: Callable[[str], None
 
 
 def logs(client: JobSubmissionClient, job_id: str) -> str:
-    """Everything the job has printed so far."""
-    return _call(client.get_address(), lambda: client.get_job_logs(job_id), job_id)
+    """Everything the job has printed so far, its events rendered."""
+    text = _call(client.get_address(), lambda: client.get_job_logs(job_id), job_id)
+    return "".join(readable(line) + end for line, end in _lines(text))
+
+
+def _lines(text: str) -> list[tuple[str, str]]:
+    return [
+        (line.rstrip("\n"), "\n" if line.endswith("\n") else "") for line in text.splitlines(True)
+    ]
 
 
 def message(client: JobSubmissionClient, job_id: str) -> str:

@@ -6,6 +6,12 @@ already holds the MLflow run, takes the announcements in epoch order and hands t
 sinks: MLflow and the console. Workers then never import MLflow, which would cost each run's
 first epoch seconds of start-up, and an epoch reaches the run once, even when Ray restarts the
 worker group from a checkpoint older than the last epoch announced.
+
+Private API, kept on purpose: Ray's GCS key-value store (`ray.experimental.internal_kv`) has
+no public form. Its public alternatives cost more than the relay: a `ray.util.queue.Queue` or a
+named actor is one more process per run, which the run's start-up would wait for, on a 2-core
+machine a slice of a core during training too. `tests/test_private_apis.py` fails when a Ray
+upgrade changes the four functions used here.
 """
 
 from __future__ import annotations

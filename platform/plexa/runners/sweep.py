@@ -280,7 +280,7 @@ def _trials(grid: Any) -> list[Any]:
 
     Private API, kept on purpose: `ResultGrid` exposes each trial's result but neither its
     status (TERMINATED, ERROR, or unfinished after Ctrl-C) nor its id, and both decide what the
-    sweep records; `tests/test_sweep.py::test_tune_private_api_plexa_relies_on` fails when a Ray
+    sweep records; `tests/test_private_apis.py` fails when a Ray
     upgrade removes it.
     """
     return list(grid._experiment_analysis.trials)
