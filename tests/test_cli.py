@@ -115,3 +115,29 @@ def test_ui_serves_the_mlflow_dashboard_on_loopback(workdir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_run_from_a_run_reruns_its_logged_pipeline_with_the_same_metrics(workdir: Path) -> None:
+    """A run logs what reruns it (its resolved pipeline, plugin versions, the installed
+    packages); `plexa run --from RUN_ID` reruns it, and on CPU the metrics are the same."""
+    import mlflow
+
+    from plexa import orchestrator, tracking
+    from plexa.config import load_pipeline
+
+    spec = load_pipeline(PIPELINES / "wine-mlp.yaml", ["train.max_epochs=2", "export.onnx=false"])
+    first = orchestrator.run(spec)
+    client = mlflow.MlflowClient()
+    packages = client.download_artifacts(first.run_id, tracking.PACKAGES_ARTIFACT, str(workdir))
+    assert "torch==" in Path(packages).read_text() and "plexa==" in Path(packages).read_text()
+    tags = client.get_run(first.run_id).data.tags
+    assert tags["plexa.architecture.distribution"] == "plexa" and tags["plexa.data.version"]
+
+    done = plexa("run", "--from", first.run_id, cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rerun: plexa run --from" in done.stdout
+    runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
+    (again,) = [r for r in runs if r.info.run_id != first.run_id]
+    assert again.data.params == client.get_run(first.run_id).data.params
+    for key, value in first.metrics.items():
+        assert again.data.metrics[key] == value, key

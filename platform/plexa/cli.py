@@ -130,15 +130,42 @@ def validate(pipeline: Pipeline, overrides: Overrides = None) -> None:
 
 @app.command()
 def run(
-    pipeline: Pipeline,
+    pipeline: Annotated[
+        str | None,
+        typer.Argument(help="A pipeline YAML file (none with --from).", show_default=False),
+    ] = None,
     overrides: Overrides = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", help="Continue this MLflow run from its last checkpoint."),
     ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Run again the pipeline this MLflow run logged (then every argument is an "
+            "override).",
+            show_default=False,
+        ),
+    ] = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
-    """Train, test, track and export a pipeline."""
-    spec = _load(pipeline, overrides)
+    """Train, test, track and export a pipeline.
+
+    Examples: `plexa run pipelines/digits-cnn.yaml train.max_epochs=3`;
+    `plexa run --from RUN_ID` reruns a run's logged pipeline."""
+    if from_run:
+        from plexa.tracking import pipeline_of
+
+        given = [pipeline] if pipeline else []
+        spec = pipeline_of(from_run, tracking_uri, [*given, *(overrides or [])])
+        pipeline = f"--from {from_run}"
+    elif pipeline is None:
+        raise UserError("name a pipeline file, or a run to rerun with --from RUN_ID")
+    else:
+        spec = _load(Path(pipeline), overrides)
+    if tracking_uri:
+        spec.tracking.uri = tracking_uri
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
@@ -171,7 +198,7 @@ def run(
         _summary(console, pipeline, result)
 
 
-def _summary(console: Console, pipeline: Path, result: RunResult) -> None:
+def _summary(console: Console, pipeline: object, result: RunResult) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.pipeline}: done in {result.seconds:.1f}s", show_header=False)
@@ -194,7 +221,7 @@ def _summary(console: Console, pipeline: Path, result: RunResult) -> None:
         if ex.registered_name:
             table.add_row("registered", f"models:/{ex.registered_name}/{ex.registered_version}")
     console.print(table)
-    console.print(f"dashboard: plexa ui    rerun: plexa run {pipeline}")
+    console.print(f"dashboard: plexa ui    rerun: plexa run --from {result.run_id}")
 
 
 @app.command()

@@ -50,6 +50,8 @@ def run(
         folder = run_dir(tracker.run_id)
         os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks > 0 keep their checkpoints there
         tracker.set_tags({RUN_DIR_TAG: str(folder)})
+        if not resume:  # with the pipeline and plugin versions: enough to run it again
+            tracker.log_text(tracking.installed_packages(), tracking.PACKAGES_ARTIFACT)
         resume_from = None
         if resume and runner.resumes_from_checkpoint:
             resume_from = tracking.fetch_checkpoint(tracker.run_id, folder, "last", tracker.uri)

@@ -11,7 +11,7 @@ import functools
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from plexa.events import Event
 
 PIPELINE_ARTIFACT = "pipeline.yaml"
+PACKAGES_ARTIFACT = "environment/packages.txt"  # what was installed when the run started
 PROBE_TIMEOUT = 5.0  # seconds: how long a check waits for an MLflow server's /health
 ERROR_TAG = "plexa.error"  # why a FAILED run failed, when plexa knows
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -394,13 +395,24 @@ def check_resume(spec: PipelineSpec, run_id: str) -> None:
         )
 
 
-def pipeline_of(run_id: str, uri: str | None = None) -> PipelineSpec:
-    """The resolved pipeline a run was started with, validated again."""
+def pipeline_of(
+    run_id: str, uri: str | None = None, overrides: Iterable[str] = ()
+) -> PipelineSpec:
+    """The resolved pipeline a run was started with, `overrides` applied, validated again."""
     import yaml
 
-    from plexa.config import validate
+    from plexa.config import apply_overrides, validate
 
-    return validate(yaml.safe_load(logged_pipeline(run_id, uri)), f"pipeline of run {run_id}")
+    raw = apply_overrides(yaml.safe_load(logged_pipeline(run_id, uri)), overrides)
+    return validate(raw, f"pipeline of run {run_id}")
+
+
+def installed_packages() -> str:
+    """Every installed distribution and its version, as a requirements file pins them."""
+    from importlib.metadata import distributions
+
+    found = {(d.metadata["Name"] or "?"): d.version for d in distributions()}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()))
 
 
 @dataclass
