@@ -165,7 +165,21 @@ def test_a_pipeline_logs_everything_to_the_server(
         connection.close()
 
 
-@pytest.mark.parametrize("runner", ["local", "ray"])
+# per runner: how it is chosen, the progress event after which the server is killed, and a
+# per-step metric with the steps the run must hold (epochs; rounds, 0 the initial model)
+RUNNERS = {
+    "local": ([], "epoch", "val/loss", [0, 1, 2]),
+    "ray": (["compute.runner=ray", "compute.workers=1"], "epoch", "val/loss", [0, 1, 2]),
+    "federated": (
+        ["federated.clients=2", "federated.rounds=3", "federated.local_epochs=1"],
+        "round",
+        "server/test/loss",
+        [0, 1, 2, 3],
+    ),
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
 def test_a_server_that_dies_mid_run_loses_nothing(
     runner: str,
     server: MlflowServer,
@@ -189,7 +203,7 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     experiment, model = f"failover-{runner}", f"wine-failover-{runner}"
-    placement = ["compute.runner=ray", "compute.workers=1"] if runner == "ray" else []
+    placement, kill_after, per_step, steps = RUNNERS[runner]
     spec = plexa_api.load_pipeline(
         WINE,
         [*TINY, "train.max_epochs=3", f"tracking.uri={server.url}", *placement,
@@ -197,7 +211,7 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     )  # fmt: skip
 
     def kill_server_after_first_epoch(event: Event) -> None:
-        if event.kind == "epoch" and event.index == 0:
+        if event.kind == kill_after and event.index == 0:  # the first epoch, or round 1
             server.stop()
 
     try:
@@ -221,7 +235,7 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     local = _only_run(offline, experiment)
     assert local.data.tags[REMOTE_RUN_TAG] == result.run_id
     assert local.info.status == "FINISHED"
-    assert _steps(offline, local.info.run_id, "val/loss") == [0, 1, 2]
+    assert _steps(offline, local.info.run_id, per_step) == steps
     assert local.data.params["train.max_epochs"] == "3"
     versions = offline.search_model_versions(f"name = '{model}'")
     assert [str(v.version) for v in versions] == ["1"]
@@ -236,13 +250,15 @@ def test_a_server_that_dies_mid_run_loses_nothing(
 
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert _steps(client, result.run_id, "val/loss") == [0, 1, 2]  # each epoch once
+    assert _steps(client, result.run_id, per_step) == steps  # each epoch (round) once
     assert {"test/acc", "export/parity_max_abs_diff"} <= set(run.data.metrics)
     assert run.data.params["data.train_size"] == local.data.params["data.train_size"]
     paths = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert "checkpoints/best.ckpt" in paths
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert "plots/learning_curves.png" in plots
+    assert "plots/confusion_matrix.png" in plots
+    if kill_after == "epoch":  # rounds have no train/val curves
+        assert "plots/learning_curves.png" in plots
     versions = client.search_model_versions(f"name = '{model}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", result.run_id)]
     _predicts(server.url, f"models:/{model}/1")
