@@ -50,7 +50,9 @@ def server(database: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _only_run(client, experiment: str):  # -> mlflow.entities.Run
+    """The experiment's one top-level run (a sweep's trials are nested under it)."""
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    found = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     assert len(found) == 1, [r.info.run_id for r in found]
     return found[0]
 
@@ -176,6 +178,14 @@ RUNNERS = {
         "server/test/loss",
         [0, 1, 2, 3],
     ),
+    # the server dies once the first trial has ended: the second logs to the local store
+    "sweep": (
+        ["sweep.trials=2", "sweep.concurrency=1", "sweep.default_space=false",
+         "sweep.space={train.optimizer.lr: {choice: [0.01, 0.02]}}"],
+        "trial",
+        "sweep/trials",
+        [0],
+    ),  # fmt: skip
 }
 
 
@@ -262,6 +272,12 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     versions = client.search_model_versions(f"name = '{model}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", result.run_id)]
     _predicts(server.url, f"models:/{model}/1")
+
+    if runner == "sweep":  # both trials' runs, nested under the sweep's run on the server
+        trials = client.search_runs(
+            [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'"
+        )
+        assert sorted(t.info.status for t in trials) == ["FINISHED", "FINISHED"]
 
     again = _cli(*shlex.split(command)[1:])  # in process: no second start-up to pay for
     assert again.exit_code == 0 and "nothing to sync" in again.stdout, again.stdout

@@ -65,6 +65,12 @@ def offline_uri() -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def offline_artifacts(spec: PipelineSpec) -> str:
+    """Where the offline store keeps the artifacts of an experiment's runs."""
+    experiment = spec.tracking.experiment or spec.name
+    return f"{(runs_root() / OFFLINE_DIR / 'artifacts').as_uri()}/{experiment}"
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether an error from the tracking client means the server is gone or failing (fail
     over) rather than a request it refused for a reason (raise it)."""

@@ -224,6 +224,7 @@ class SweepRunner(Runner):
         """Run (or resume) the sweep; the best trial's checkpoint is what `finish` exports."""
         from plexa.plugins import architectures, datasets
         from plexa.sweep import space as spaces
+        from plexa.tracking_failover import offline_artifacts, offline_uri
 
         spec, tracker, run_dir = job.spec, job.tracker, job.run_dir
         sweep = spec.sweep
@@ -239,6 +240,9 @@ class SweepRunner(Runner):
             "space": plain,
             "parent_run_id": tracker.run_id,
             "uri": _absolute_uri(tracker.active_uri),
+            "experiment": spec.tracking.experiment or spec.name,
+            # where a trial logs when the sweep's MLflow server does not answer
+            "offline": {"uri": offline_uri(), "artifacts": offline_artifacts(spec)},
             "run_dir": str(run_dir),
             "cwd": str(Path.cwd()),
             "plugins": (arch_cls, datasets.get(spec.data.plugin)),
@@ -272,7 +276,7 @@ class SweepRunner(Runner):
                 f"sweep '{spec.name}': no trial finished ({len(rows)} ran; see the nested runs "
                 f"of MLflow run {tracker.run_id} for their errors)"
             )
-        return _best_trained(spec, tracker, run_dir, best)
+        return _best_trained(spec, tracker, run_dir, best, trials)
 
 
 def _trials(grid: Any) -> list[Any]:
@@ -304,11 +308,14 @@ def _settle(
     from plexa.sweep.space import decode
     from plexa.sweep.trial import EARLY_STOPPED_TAG, PARENT_TAG, TRIAL_TAG
 
-    client = tracker.client()
-    experiment = client.get_run(tracker.active_run_id).info.experiment_id
-    nested = client.search_runs(
-        [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.run_id}'", max_results=5000
-    )
+    def nested_runs() -> tuple[Any, list[Any]]:
+        client = tracker.client()
+        experiment = client.get_run(tracker.active_run_id).info.experiment_id
+        where = f"tags.`{PARENT_TAG}` = '{tracker.run_id}'"
+        return client, client.search_runs([experiment], filter_string=where, max_results=5000)
+
+    # after a failover only the local store's trials can be read: the others are told by Tune
+    client, nested = tracker.guarded("the trials' runs", nested_runs)
     by_trial: dict[str, Any] = {}
     for run in sorted(nested, key=lambda r: r.info.start_time):
         by_trial[run.data.tags.get(TRIAL_TAG, "")] = run  # the latest attempt wins
@@ -318,13 +325,14 @@ def _settle(
     rows = []
     for trial in trials:
         run = by_trial.get(trial.trial_id)
-        status = run.info.status if run is not None else "FAILED"
+        result = trial.last_result or {}
+        finished = trial.status == "TERMINATED" and result.get("finished")
+        status = run.info.status if run is not None else "FINISHED" if finished else "FAILED"
         if run is not None and status == "RUNNING":
             status = "FAILED" if trial.status == "ERROR" else "KILLED"
             if status == "KILLED":
                 client.set_tag(run.info.run_id, EARLY_STOPPED_TAG, "true")
             client.set_terminated(run.info.run_id, status)
-        result = trial.last_result or {}
         try:
             values = decode(plain, trial.config)
         except (KeyError, IndexError, StopIteration):
@@ -391,18 +399,22 @@ def _log_sweep(
     tracker.log_figure(pareto.figure(rows, metric, mode, best_id), "pareto.png")
 
 
-def _best_trained(spec: PipelineSpec, tracker: Tracker, run_dir: Path, best: TrialRow) -> Trained:
-    """The best trial's best checkpoint, reused (not retrained), with its metrics and values."""
+def _best_trained(
+    spec: PipelineSpec, tracker: Tracker, run_dir: Path, best: TrialRow, trials: list[Any]
+) -> Trained:
+    """The best trial's best checkpoint, reused (not retrained), with its metrics and values:
+    from its run, else (a run on a server that went away) from its last report to Tune."""
     from plexa.sweep.space import apply
 
     best_spec = apply(spec, best.values)
-    trial_run = tracker.client().get_run(best.run_id or "")
-    saved = Path(
-        trial_run.data.tags.get(
-            "plexa.checkpoint", checkpoint(run_dir / "trials" / best.trial_id, "best")
-        )
-    )
-    metrics = {k: v for k, v in trial_run.data.metrics.items() if k.startswith(("test/", "best_"))}
+    saved = checkpoint(run_dir / "trials" / best.trial_id, "best")
+    (trial,) = [t for t in trials if t.trial_id == best.trial_id]
+    reported = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, int | float)}
+    if best.run_id:
+        run = tracker.client().get_run(best.run_id)
+        saved = Path(run.data.tags.get("plexa.checkpoint", saved))
+        reported = dict(run.data.metrics)
+    metrics = {k: float(v) for k, v in reported.items() if k.startswith(("test/", "best_"))}
     metrics.update({"latency_ms": best.latency_ms or 0.0, "params": float(best.params or 0)})
     if best.objective is not None:
         metrics["objective"] = best.objective

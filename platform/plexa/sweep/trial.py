@@ -32,13 +32,20 @@ def objective(weights: dict[str, float], values: dict[str, float]) -> float | No
     return sum(w * float(values[k]) for k, w in weights.items())
 
 
+def _experiment(client: Any, setup: dict[str, Any]) -> str:
+    """The sweep's experiment in the trial's store, by name (an offline store has its own id)."""
+    from plexa.tracking import experiment_id
+
+    return experiment_id(client, setup["experiment"], setup.get("artifacts"))
+
+
 def find_or_create_run(client: Any, setup: dict[str, Any], trial_id: str, reuse: bool) -> str:
     """The trial's nested run: the existing one when Tune restores the trial from a
     checkpoint (PBT, resume), else a new one (an earlier unfinished attempt stays KILLED)."""
-    parent = client.get_run(setup["parent_run_id"])
+    experiment = _experiment(client, setup)
     if reuse:
         found = client.search_runs(
-            [parent.info.experiment_id],
+            [experiment],
             filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
             f"tags.`{PARENT_TAG}` = '{setup['parent_run_id']}'",
             max_results=1,
@@ -46,24 +53,34 @@ def find_or_create_run(client: Any, setup: dict[str, Any], trial_id: str, reuse:
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-    run = client.create_run(
-        parent.info.experiment_id,
-        run_name=f"trial-{trial_id}",
-        tags={PARENT_TAG: setup["parent_run_id"], TRIAL_TAG: trial_id},
-    )
+    tags = {PARENT_TAG: setup["parent_run_id"], TRIAL_TAG: trial_id, **setup.get("tags", {})}
+    run = client.create_run(experiment, run_name=f"trial-{trial_id}", tags=tags)
     return run.info.run_id
 
 
 def finished_run(client: Any, setup: dict[str, Any], trial_id: str) -> Any:
     """This trial's nested run if it already finished: a resumed sweep never trains it again."""
-    parent = client.get_run(setup["parent_run_id"])
     found = client.search_runs(
-        [parent.info.experiment_id],
+        [_experiment(client, setup)],
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
         f"tags.`{PARENT_TAG}` = '{setup['parent_run_id']}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return found[0] if found else None
+
+
+def trial_store(setup: dict[str, Any]) -> dict[str, Any]:
+    """Where this trial logs: the sweep's store, or, when that is an MLflow server that does
+    not answer, the local store runs fail over to, tagged so `plexa sync` copies the trial's
+    run to the server under the sweep's run."""
+    from plexa.tracking import is_remote
+    from plexa.tracking_failover import REMOTE_URI_TAG, reachable
+
+    uri = setup["uri"]
+    if not is_remote(uri) or reachable(uri):
+        return setup
+    offline = setup["offline"]
+    return {**setup, **offline, "tags": {REMOTE_URI_TAG: uri}}
 
 
 class NewHyperparameters(L.Callback):
@@ -110,6 +127,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             registry.register(cls.name, cls)
     trial_id = tune.get_context().get_trial_id()
     restored = tune.get_checkpoint()
+    setup = trial_store(setup)
     uri = setup["uri"]
     # this process may be a Ray worker started for another store: name the sweep's
     mlflow.set_tracking_uri(uri)
