@@ -32,6 +32,8 @@ from plexa.runs import checkpoint
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from mlflow.entities import Run
+
     from plexa.sweep.pareto import TrialRow
     from plexa.tracking import Tracker
 
@@ -309,7 +311,8 @@ def _settle(
     nested = client.search_runs(
         [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.run_id}'", max_results=5000
     )
-    by_trial: dict[str, Any] = {}
+    by_trial: dict[str | None, Any] = {}
+    run: Run | None  # below: a trial's latest attempt, or None
     for run in sorted(nested, key=lambda r: r.info.start_time):
         by_trial[run.data.tags.get(TRIAL_TAG, "")] = run  # the latest attempt wins
     for run in nested:
