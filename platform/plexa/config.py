@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -18,7 +18,15 @@ from pydantic import (
 )
 
 from plexa.errors import UserError
-from plexa.plugins import PluginConfig, PluginError, Registry, architectures, datasets
+from plexa.plugins import (
+    Architecture,
+    Plugin,
+    PluginConfig,
+    PluginError,
+    Registry,
+    architectures,
+    datasets,
+)
 from plexa.problems import pydantic_problems
 
 
@@ -305,13 +313,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return raw
 
 
+_P = TypeVar("_P", bound=Plugin)
+
+
 def _check_plugin(
-    registry: Registry,
+    registry: Registry[_P],
     ref: Any,
     where: str,
     problems: list[tuple[str, str]],
     context: dict[str, Any],
-) -> tuple[type | None, PluginConfig | None]:
+) -> tuple[type[_P] | None, PluginConfig | None]:
     if not isinstance(ref, Mapping) or not isinstance(ref.get("plugin"), str):
         return None, None
     try:
@@ -389,7 +400,7 @@ def validate(
 def _sweep_problems(
     raw: Mapping[str, Any],
     spec: PipelineSpec | None,
-    arch_cls: type | None,
+    arch_cls: type[Architecture] | None,
     arch_cfg: PluginConfig | None,
 ) -> list[tuple[str, str]]:
     """A `sweep:` excludes `federated:`, and its space must be one the plugin accepts."""

@@ -405,14 +405,13 @@ def log_onnx(
 
     inputs = [tensor(v) for v in model.graph.input]
     signature = ModelSignature(
-        inputs=Schema(inputs), outputs=Schema([tensor(v) for v in model.graph.output])
+        inputs=Schema(list(inputs)), outputs=Schema([tensor(v) for v in model.graph.output])
     )
     # zeros in normalised space are the training means: a typical, valid sample
+    example: np.ndarray | dict[str, np.ndarray]
     example = np.zeros((1, *data_spec.input_shape), dtype=inputs[0].type)
     if data_spec.task == "generative":  # a generator's inputs are latents (or noise and steps)
-        example = {  # type: ignore[assignment]
-            t.name: np.zeros((1, *t.shape[1:]), dtype=t.type) for t in inputs if t.name
-        }
+        example = {t.name: np.zeros((1, *t.shape[1:]), dtype=t.type) for t in inputs if t.name}
         if len(example) == 1:
             example = next(iter(example.values()))
 

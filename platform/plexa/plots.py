@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -58,7 +59,7 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequenc
     return fig
 
 
-def partition(counts: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
+def partition(counts: ArrayLike, class_names: Sequence[str]) -> Figure:
     """Federated partition: stacked bars of label counts per client (rows of `counts`)."""
     import numpy as np
 

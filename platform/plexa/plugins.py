@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -164,7 +164,10 @@ class PluginLoadError(PluginError):
 
 # --------------------------------------------------------------------------- registry
 
-P = TypeVar("P", bound=Plugin)
+# a registry's base (Architecture, DataPlugin); covariant: a registry only hands classes out,
+# and register() takes any plugin class and checks it at run time
+P_co = TypeVar("P_co", bound=Plugin, covariant=True)
+C = TypeVar("C", bound=Plugin)  # the class being registered
 
 
 @dataclass
@@ -177,12 +180,12 @@ class PluginInfo:
 
 
 @dataclass
-class _Entry:
+class _Entry(Generic[P_co]):
     name: str
     distribution: str
     version: str
     entry_point: EntryPoint | None = None
-    cls: type[Plugin] | None = None
+    cls: type[P_co] | None = None
 
 
 def _dist_of(ep: EntryPoint) -> tuple[str, str]:
@@ -190,12 +193,12 @@ def _dist_of(ep: EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"], dist.version) if dist is not None else ("unknown", "")
 
 
-class Registry:
+class Registry(Generic[P_co]):
     """Name -> plugin class for one kind, fed by decorators and by an entry-point group."""
 
-    def __init__(self, kind: str, group: str, base: type[Plugin]) -> None:
+    def __init__(self, kind: str, group: str, base: type[P_co]) -> None:
         self.kind, self.group, self.base = kind, group, base
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry[P_co]] = {}
         self._duplicates: dict[str, list[str]] = {}
         self._discovered = False
 
@@ -215,10 +218,10 @@ class Registry:
                 self._duplicates.setdefault(ep.name, [known.distribution]).append(dist)
 
     def register(
-        self, name: str, cls: type[P], *, override: bool = False, distribution: str = "__main__"
-    ) -> type[P]:
+        self, name: str, cls: type[C], *, override: bool = False, distribution: str = "__main__"
+    ) -> type[C]:
         self._discover()
-        self._check_contract(name, cls)
+        checked = self._check_contract(name, cls)
         known = self._entries.get(name)
         if known is not None and not override and not self._same(known, cls):
             raise DuplicatePluginError(
@@ -230,30 +233,32 @@ class Registry:
         else:
             version = ""
         cls.name = name
-        self._entries[name] = _Entry(name, distribution, version, cls=cls)
+        self._entries[name] = _Entry(name, distribution, version, cls=checked)
         self._duplicates.pop(name, None)
         return cls
 
     @staticmethod
-    def _same(entry: _Entry, cls: type) -> bool:
+    def _same(entry: _Entry[Any], cls: type) -> bool:
         """A plugin module that decorates itself and is also named by its entry point."""
         if entry.cls is cls:
             return True
         ep = entry.entry_point
         return ep is not None and ep.value == f"{cls.__module__}:{cls.__qualname__}"
 
-    def _check_contract(self, name: str, cls: Any) -> None:
+    def _check_contract(self, name: str, cls: Any) -> type[P_co]:
+        """`cls` itself, once it is known to be a plugin of this registry's kind."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise TypeError(f"{self.kind} plugin '{name}' must subclass plexa.{self.base.__name__}")
         config = getattr(cls, "Config", None)
         if not (isinstance(config, type) and issubclass(config, PluginConfig)):
             raise TypeError(f"{self.kind} plugin '{name}' needs a Config subclassing PluginConfig")
+        return cls
 
     def names(self) -> list[str]:
         self._discover()
         return sorted(self._entries)
 
-    def get(self, name: str) -> type[Plugin]:
+    def get(self, name: str) -> type[P_co]:
         self._discover()
         if name in self._duplicates:
             dists = ", ".join(sorted(self._duplicates[name]))
@@ -267,8 +272,7 @@ class Registry:
         if entry.cls is None:
             assert entry.entry_point is not None
             try:
-                cls = entry.entry_point.load()
-                self._check_contract(name, cls)
+                cls = self._check_contract(name, entry.entry_point.load())
             except Exception as exc:  # any failure inside a third-party module
                 raise PluginLoadError(self.kind, name, entry.distribution, exc) from exc
             cls.name = name
@@ -281,7 +285,7 @@ class Registry:
         entry = self._entries[name]
         return entry.distribution, entry.version or "unknown"
 
-    def create(self, name: str) -> Plugin:
+    def create(self, name: str) -> P_co:
         return self.get(name)()
 
     def info(self) -> Iterator[PluginInfo]:
@@ -303,19 +307,19 @@ architectures = Registry("architecture", "plexa.architectures", Architecture)
 datasets = Registry("data", "plexa.data", DataPlugin)
 
 
-def _decorator(registry: Registry, name: str, override: bool) -> Callable[[type[P]], type[P]]:
-    def register(cls: type[P]) -> type[P]:
+def _decorator(registry: Registry[Any], name: str, override: bool) -> Callable[[type[C]], type[C]]:
+    def register(cls: type[C]) -> type[C]:
         return registry.register(name, cls, override=override, distribution=cls.__module__)
 
     return register
 
 
-def architecture(name: str, *, override: bool = False) -> Callable[[type[P]], type[P]]:
+def architecture(name: str, *, override: bool = False) -> Callable[[type[C]], type[C]]:
     """Class decorator: `@plexa.architecture("my-cnn")`."""
     return _decorator(architectures, name, override)
 
 
-def data(name: str, *, override: bool = False) -> Callable[[type[P]], type[P]]:
+def data(name: str, *, override: bool = False) -> Callable[[type[C]], type[C]]:
     """Class decorator: `@plexa.data("my-data")`."""
     return _decorator(datasets, name, override)
 

@@ -10,7 +10,7 @@ stepping the optimiser and the schedule itself after every batch.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -71,12 +71,14 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
+        # configure_optimizers returns one optimizer and at most one scheduler
+        assert not isinstance(optimizer, list) and not isinstance(scheduler, list)
         clip = self.train_spec.gradient_clip
         for one in _batches(batch):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(self._step(one, "train"))
-            if clip:
-                self.clip_gradients(optimizer, clip, "norm")
+            if clip:  # a LightningOptimizer is also an instance of the optimizer it wraps
+                self.clip_gradients(cast("torch.optim.Optimizer", optimizer), clip, "norm")
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -122,7 +124,7 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = make_optimizer(self.parameters(), self.train_spec.optimizer)
         epochs = max(1, self.trainer.max_epochs or 1)
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
         if hasattr(datamodule, "batches_per_epoch"):
             per_epoch = datamodule.batches_per_epoch()
         else:  # plain batches from some other loader
@@ -268,7 +270,7 @@ def wrap(net: nn.Module | L.LightningModule, task: str, train: TrainSpec) -> L.L
     """A plugin's LightningModule is used as is; a plain module gets its task's wrapper."""
     if isinstance(net, L.LightningModule):
         if hasattr(net, "train_spec"):  # one that builds its own optimisers from `train`
-            net.train_spec = train
+            cast(Any, net).train_spec = train  # Module.__setattr__ is typed for tensors, modules
         return net
     if task not in TASK_MODULES:
         raise ValueError(

@@ -486,7 +486,8 @@ def _copy_versions(
     registered = []
     for version in local.search_model_versions(f"run_id = '{offline_id}'"):
         # the version names its logged model by id, or only by its source `models:/m-...`
-        own = version.model_id or version.source.removeprefix("models:/").split("/")[0]
+        # (typed optional, but every registry version is created from a source)
+        own = version.model_id or version.source.removeprefix("models:/").split("/")[0]  # type: ignore[union-attr]
         model_id = models.get(own)
         if model_id is None:
             continue

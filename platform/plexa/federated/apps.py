@@ -33,6 +33,8 @@ from plexa.federated import strategies
 from plexa.federated.partition import partition
 
 if TYPE_CHECKING:
+    from flwr.app import MetricRecordValues
+
     from plexa.config import PipelineSpec
     from plexa.plugins import DataSplits
 
@@ -220,7 +222,7 @@ def train_client(job_path: str, msg: Message, context: Context) -> Message:
     trainer = make_trainer(spec, fed.local_epochs, callbacks)
     trainer.fit(module, datamodule=memory_data(module, data, train))
 
-    metrics: dict[str, float] = {
+    metrics: dict[str, MetricRecordValues] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")
     }
     metrics["num-examples"] = len(idx)

@@ -8,7 +8,7 @@ A third party adds one with `register` as a call or a decorator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, overload
 
 from plexa import runner_registry
 from plexa.config import PipelineSpec
@@ -33,6 +33,10 @@ __all__ = [
 R = TypeVar("R", bound=type[Runner])
 
 
+@overload
+def register(name: str, cls: R) -> R: ...
+@overload
+def register(name: str, cls: None = None) -> Callable[[R], R]: ...
 def register(name: str, cls: R | None = None) -> R | Callable[[R], R]:
     """Register a runner class under `name`: `register("mine", Mine)` or `@register("mine")`.
     An installed package declares it instead, as an entry point of the group `plexa.runners`."""

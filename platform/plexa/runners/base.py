@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -118,9 +118,8 @@ class Runner(ABC):
     def check(self, spec: PipelineSpec, resume: str | None) -> None:  # noqa: B027 - optional
         """Raise a UserError for a pipeline or resume this runner cannot run."""
 
-    @contextlib.contextmanager
-    def session(self, spec: PipelineSpec) -> Iterator[None]:
-        yield
+    def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def describe(self, spec: PipelineSpec) -> str:
         """One line for the terminal: what this run will do."""

@@ -197,6 +197,7 @@ class RayRunner(Runner):
                 if (Path(folder) / name).exists():
                     shutil.copy2(Path(folder) / name, local / name)
         best, last = checkpoint(run_dir, "best"), checkpoint(run_dir, "last")
+        assert result.metrics is not None  # reported with the checkpoint
         metrics = {
             k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))
         }

@@ -32,6 +32,8 @@ from plexa.runs import checkpoint
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from mlflow.entities import Run
+
     from plexa.sweep.pareto import TrialRow
     from plexa.tracking import Tracker
 
@@ -316,7 +318,8 @@ def _settle(
 
     # after a failover only the local store's trials can be read: the others are told by Tune
     client, nested = tracker.guarded("the trials' runs", nested_runs)
-    by_trial: dict[str, Any] = {}
+    by_trial: dict[str | None, Any] = {}
+    run: Run | None  # below: a trial's latest attempt, or None
     for run in sorted(nested, key=lambda r: r.info.start_time):
         by_trial[run.data.tags.get(TRIAL_TAG, "")] = run  # the latest attempt wins
     for run in nested:

@@ -55,6 +55,7 @@ class BatchedStderr(logging.StreamHandler):
             "message": message,
         }
         line = LOG_FORMAT % fields + self.terminator
+        assert self.lock is not None  # Handler.__init__ made it (createLock)
         with self.lock:  # the ticker flushes from its own thread
             self.stream.write(line)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from plexa.serving.options import ServeOptions
 
 if TYPE_CHECKING:
+    from ray.serve import Deployment
+
     from plexa.serving.targets import Target
 
 APP_NAME = "plexa"
@@ -39,12 +41,17 @@ def deployment_app(targets: list[Target], options: ServeOptions, replicas: int):
         return create_app(targets, replica_options)
 
     ingress = serve.ingress(build)()
-    deployment = serve.deployment(
-        ingress,
-        name="plexa-serve",
-        num_replicas=replicas,
-        ray_actor_options={"num_cpus": 0},  # ONNX Runtime threads are sized above instead
-        max_ongoing_requests=256,  # batching needs many requests in flight per replica
+    # called with the class, serve.deployment returns the Deployment, not the decorator its
+    # annotation names
+    deployment = cast(
+        "Deployment",
+        serve.deployment(
+            ingress,
+            name="plexa-serve",
+            num_replicas=replicas,
+            ray_actor_options={"num_cpus": 0},  # ONNX Runtime threads are sized above instead
+            max_ongoing_requests=256,  # batching needs many requests in flight per replica
+        ),
     )
     return deployment.bind()
 

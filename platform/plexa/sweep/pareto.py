@@ -43,6 +43,14 @@ def front(rows: Sequence[TrialRow], mode: str) -> list[TrialRow]:
     return sorted(kept, key=lambda r: r.latency_ms)  # type: ignore[arg-type,return-value]
 
 
+def _points(rows: Sequence[TrialRow]) -> tuple[list[float], list[float]]:
+    """(latencies, metrics) of the rows that have both, in order."""
+    pairs = [
+        (r.latency_ms, r.metric) for r in rows if r.latency_ms is not None and r.metric is not None
+    ]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
 def figure(rows: Sequence[TrialRow], metric: str, mode: str, best: str | None) -> Figure:
     """Every measured trial as a point, the front as a line, the chosen trial circled."""
     from matplotlib.figure import Figure
@@ -51,24 +59,17 @@ def figure(rows: Sequence[TrialRow], metric: str, mode: str, best: str | None) -
     ax = fig.subplots()
     measured = [r for r in rows if r.metric is not None and r.latency_ms is not None]
     on_front = front(rows, mode)
-    ax.scatter(
-        [r.latency_ms for r in measured],
-        [r.metric for r in measured],
-        color="0.6",
-        s=18,
-        label="trials",
-    )
-    ax.plot(
-        [r.latency_ms for r in on_front],
-        [r.metric for r in on_front],
-        marker="o",
-        color="tab:blue",
-        label="Pareto front",
-    )
-    for r in measured:
+    latencies, metrics = _points(measured)
+    ax.scatter(latencies, metrics, color="0.6", s=18, label="trials")
+    ax.plot(*_points(on_front), marker="o", color="tab:blue", label="Pareto front")
+    for r, latency, value in zip(measured, latencies, metrics, strict=True):
         if r.trial_id == best:
             ax.scatter(
-                [r.latency_ms], [r.metric], s=120, facecolors="none", edgecolors="tab:red",
+                [latency],
+                [value],
+                s=120,
+                facecolors="none",
+                edgecolors="tab:red",
                 label="best trial",
             )
     ax.set_xlabel("ONNX Runtime latency, batch 1, median (ms)")

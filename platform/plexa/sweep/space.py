@@ -27,6 +27,7 @@ from plexa.errors import UserError
 
 if TYPE_CHECKING:
     from plexa.config import PipelineSpec
+    from plexa.plugins import Architecture
 
 RANGES = ("uniform", "loguniform", "randint")
 KINDS = ("choice", *RANGES)
@@ -125,7 +126,9 @@ def candidates(node: Any) -> list[Any]:
     return list(args)
 
 
-def merged(spec: PipelineSpec, arch_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+def merged(
+    spec: PipelineSpec, arch_cls: type[Architecture]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the space to search, the plugin's default space keyed by path): the plugin's
     `search_space()` under `model.params.`, then the pipeline's `sweep.space` over it (null
     removes a path). Under PBT the architecture is fixed, so the default space is left out."""
@@ -183,7 +186,7 @@ def _metric_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
     ]
 
 
-def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
+def space_problems(spec: PipelineSpec, arch_cls: type[Architecture]) -> list[tuple[str, str]]:
     """Every problem of the merged space: its shape, paths that are not searchable, and values
     the plugin's Config (or the training schema) refuses."""
     from plexa.problems import pydantic_problems
@@ -210,9 +213,7 @@ def space_problems(spec: PipelineSpec, arch_cls: type) -> list[tuple[str, str]]:
                 (where, "scheduler pbt mutates training hyperparameters only (train.*)")
             )
             continue
-        if sweep.scheduler == "pbt" and not (
-            _is_domain(node) and next(iter(node)) in KINDS  # type: ignore[arg-type]
-        ):
+        if sweep.scheduler == "pbt" and not (_is_domain(node) and next(iter(node)) in KINDS):
             problems.append((where, "scheduler pbt needs a choice or range here"))
             continue
         shape = structure_problems(node, where)
