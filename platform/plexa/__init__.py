@@ -20,6 +20,7 @@ PUBLIC_MODULES = (
     "plexa.plugins",  # Architecture, DataPlugin, PluginConfig, DataSpec, DataSplits, Split
     "plexa.config",  # the pipeline's spec classes (TrainSpec, ...), load_pipeline, validate
     "plexa.errors",  # UserError, DataError, ... and their exit codes
+    "plexa.artifacts",  # log_image: what a plugin logs into the run it trains in
     "plexa.splits",  # seeded train/val/test splits and standardisation for data plugins
     "plexa.optim",  # the optimisers and schedules a pipeline names, for modules that step
     "plexa.imagegen",  # sample grids and DDPM sampling for generative plugins

@@ -183,7 +183,7 @@ def run(
     if rank_zero:
         verb = f"resuming run {resume} of" if resume else runner.verb
         console.print(f"[bold]plexa[/bold] {verb} {runner.describe(spec)}", highlight=False)
-    show = printer(lambda line: console.print(line, markup=False))
+    show = printer(lambda line: console.print(line, markup=False, soft_wrap=True))
     try:
         result = orchestrator.run(spec, resume=resume, sinks=[show], runner=runner)
     except RunInterrupted as exc:
@@ -461,7 +461,7 @@ def federate(
         console.print("[yellow]note:[/yellow] no federated: section; using the defaults")
     runner = FederatedRunner(deploy)
     console.print(f"[bold]plexa[/bold] {runner.verb} {runner.describe(spec)}", highlight=False)
-    show = printer(lambda line: console.print(line, markup=False))
+    show = printer(lambda line: console.print(line, markup=False, soft_wrap=True))
     result = orchestrator.run(spec, sinks=[show], runner=runner)
     _summary(console, pipeline, result)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plexa import runners, tracking, tracking_open
+from plexa import artifacts, runners, tracking, tracking_open
 from plexa.config import PipelineSpec
 from plexa.errors import ResumeError
 from plexa.runners import Job, Runner, RunResult
@@ -40,13 +40,16 @@ def run(
     runner = runner or runners.for_pipeline(spec)
     runner.check(spec, resume)
     if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
-        worker = Job(spec, tracking.NullTracker(), Path(os.environ[RUN_DIR_ENV]))
-        worker.callbacks = callbacks
-        runner.train(worker)
+        folder = Path(os.environ[RUN_DIR_ENV])
+        runner.train(Job(spec, tracking.NullTracker(), folder, callbacks=callbacks))
         return RunResult(spec.name, None, "FINISHED")
     if resume:
         tracking.check_resume(spec, resume)
-    with runner.session(spec), tracking_open.open_run(spec, resume) as tracker:
+    with (
+        runner.session(spec),
+        tracking_open.open_run(spec, resume) as tracker,
+        artifacts.logging_to(tracker),
+    ):
         folder = run_dir(tracker.run_id)
         os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks > 0 keep their checkpoints there
         tracker.set_tags({RUN_DIR_TAG: str(folder)})

@@ -209,6 +209,9 @@ class Tracker:
     def log_text(self, text: str, path: str) -> None:
         self.client().log_text(self.active_run_id, text, path)
 
+    def log_image(self, image: Any, path: str) -> None:
+        self.client().log_image(self.active_run_id, image, artifact_file=path)
+
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         """Per-epoch values from the store: complete even for a resumed run."""
         return self.stored_history(keys)
@@ -286,6 +289,9 @@ class NullTracker(Tracker):
         pass
 
     def log_text(self, text: str, path: str) -> None:
+        pass
+
+    def log_image(self, image: Any, path: str) -> None:
         pass
 
     def stored_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:

@@ -154,6 +154,9 @@ class FailoverTracker(Tracker):
     def log_figure(self, figure: Any, name: str) -> None:
         self._guarded(f"figure {name}", lambda: Tracker.log_figure(self, figure, name))
 
+    def log_image(self, image: Any, path: str) -> None:
+        self._guarded(f"image {path}", lambda: Tracker.log_image(self, image, path))
+
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         """From the journal: complete whichever store has the run now, and no round trip."""
         out: dict[str, list[tuple[int, float]]] = {}

@@ -153,14 +153,13 @@ class GenerativeModule(L.LightningModule):
 
 
 def _log_images(grids: dict[str, np.ndarray], epoch: int) -> None:
-    """PNG grids into the active MLflow run (none outside `plexa run`: nothing to do)."""
-    import mlflow
+    """PNG grids into the run (none outside `plexa run`: nothing to do)."""
+    from plexa.artifacts import log_image
 
-    if mlflow.active_run() is None:
-        return
     for name, image in grids.items():
         big = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)  # 8x8 digits are tiny
-        mlflow.log_image(big, f"samples/{name}_epoch{epoch:03d}.png")
+        if not log_image(big, f"samples/{name}_epoch{epoch:03d}.png"):
+            return
 
 
 class LatentExport(nn.Module):
