@@ -26,8 +26,9 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python scripts/import-cycles
 
+# two workers (tests/conftest.py groups the tests that start Ray into one of them)
 test: lint system
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -27,8 +27,9 @@ _LEAKY_ENV = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Before any fixture (module-scoped ones included) runs: a scratch cwd, a scratch store
-    and runs folder, so nothing in the repository is read or written by default."""
+    """Before any fixture (module-scoped ones included) runs: a scratch store and runs folder,
+    so nothing in the repository is read or written by default (the cwd moves there too, in
+    `scratch_cwd`, once the tests are collected)."""
     scratch = Path(tempfile.mkdtemp(prefix="plexa-tests-"))
     for name in _LEAKY_ENV:
         os.environ.pop(name, None)
@@ -37,11 +38,28 @@ def pytest_configure(config: pytest.Config) -> None:
     # worker processes (Ray's) unpickle callbacks defined in tests/ by module name
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
-    os.chdir(scratch)
     config.stash[_SCRATCH] = scratch
 
 
 _SCRATCH = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_cwd(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The first fixture of the session: every later one runs in the scratch folder."""
+    previous = Path.cwd()
+    os.chdir(request.config.stash[_SCRATCH])
+    yield
+    os.chdir(previous)
+
+
+# `make test` runs two xdist workers, each taking whole files (a file's module fixtures are
+# built once); the tests that start Ray run one after the other in one worker: two embedded
+# Ray instances on 2 cores would only slow each other down
+_RAY_FILES = {
+    "test_ray.py", "test_ray_cluster.py", "test_sweep.py", "test_federated.py",
+    "test_serving_ray.py", "test_mlflow_server.py",
+}  # fmt: skip
 
 
 def _tree_outside_git() -> frozenset[str]:
@@ -107,7 +125,12 @@ def plexa(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: flo
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """GPU tests skip cleanly where there is no CUDA device (lightning-hydra-template's RunIf)."""
+    """Ray's tests share one xdist group; GPU tests skip cleanly where there is no CUDA device
+    (lightning-hydra-template's RunIf)."""
+    for item in items:
+        ray = item.path.name in _RAY_FILES or "smoke[digits-federated]" in item.nodeid
+        ray = ray or "smoke[digits-nas]" in item.nodeid
+        item.add_marker(pytest.mark.xdist_group("ray" if ray else item.path.name))
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
