@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,9 @@ def test_the_core_never_imports_the_first_party_plugin_packages() -> None:
 def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`pip install` the demo plugin distribution, as a user would, into its own folder."""
     site = tmp_path_factory.mktemp("site")
+    # pip builds in the source folder (build/, *.egg-info): a copy, so the checkout stays clean
+    source = tmp_path_factory.mktemp("source") / FIXTURE.name
+    shutil.copytree(FIXTURE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [
             sys.executable,
@@ -125,7 +129,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "--target",
             str(site),
-            str(FIXTURE),
+            str(source),
         ],
         check=True,
         capture_output=True,

@@ -97,7 +97,8 @@ def _console() -> Console:
     from rich.console import Console
 
     # a pipe or a CI log is not 80 columns wide: don't fold paths and run ids there
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # and never fold a line it prints: a path or an event's JSON is read back by programs
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200, soft_wrap=True)
 
 
 def _error(message: str) -> None:
