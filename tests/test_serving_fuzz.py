@@ -102,37 +102,35 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield test_client
 
 
-seen: dict[int, int] = {}
+def test_malformed_requests_never_5xx_and_the_server_stays_ready(client: TestClient) -> None:
+    """The storm and the check after it in one test: no test depends on another's state."""
+    seen: dict[int, int] = {}
 
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        path=st.sampled_from(PATHS)
+        | st.text(min_size=1, max_size=12).map(lambda t: f"/v2/models/{quote(t, safe='')}/infer"),
+        body=bodies,
+        header=st.none() | st.text(max_size=6) | st.integers(-5, 300).map(str),
+    )
+    def storm(path: str, body: bytes, header: str | None) -> None:
+        headers = {"Inference-Header-Content-Length": header} if header is not None else {}
+        try:
+            response = client.post(path, content=body, headers=headers)
+        except UnicodeEncodeError:  # a header text httpx itself cannot send
+            return
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (path, body[:200], response.text)
+        if response.status_code >= 400:
+            assert response.json()["error"]  # a reason, always
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    path=st.sampled_from(PATHS)
-    | st.text(min_size=1, max_size=12).map(lambda t: f"/v2/models/{quote(t, safe='')}/infer"),
-    body=bodies,
-    header=st.none() | st.text(max_size=6) | st.integers(-5, 300).map(str),
-)
-def test_malformed_requests_never_5xx(
-    client: TestClient, path: str, body: bytes, header: str | None
-) -> None:
-    headers = {"Inference-Header-Content-Length": header} if header is not None else {}
-    try:
-        response = client.post(path, content=body, headers=headers)
-    except UnicodeEncodeError:  # a header text httpx itself cannot send
-        return
-    seen[response.status_code] = seen.get(response.status_code, 0) + 1
-    assert response.status_code < 500, (path, body[:200], response.text)
-    if response.status_code >= 400:
-        assert response.json()["error"]  # a reason, always
-
-
-def test_still_ready_after_the_storm(client: TestClient) -> None:
-    assert sum(seen.values()) >= 1000, seen  # the property test ran first, in this module
+    storm()
+    assert sum(seen.values()) >= 1000, seen
     assert set(seen) - {200} and all(code < 500 for code in seen), seen
     assert client.get("/v2/health/ready").status_code == 200
     ok = client.post("/v2/models/digits-cnn/infer", json=VALID)
