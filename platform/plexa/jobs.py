@@ -325,13 +325,7 @@ def tail(client: JobSubmissionClient, job_id: str, on_line: Callable[[str], None
 def logs(client: JobSubmissionClient, job_id: str) -> str:
     """Everything the job has printed so far, its events rendered."""
     text = _call(client.get_address(), lambda: client.get_job_logs(job_id), job_id)
-    return "".join(readable(line) + end for line, end in _lines(text))
-
-
-def _lines(text: str) -> list[tuple[str, str]]:
-    return [
-        (line.rstrip("\n"), "\n" if line.endswith("\n") else "") for line in text.splitlines(True)
-    ]
+    return "".join(readable(line) + "\n" for line in text.splitlines())
 
 
 def message(client: JobSubmissionClient, job_id: str) -> str:

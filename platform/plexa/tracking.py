@@ -69,20 +69,29 @@ def client(uri: str | None = None) -> MlflowClient:
     return mlflow.MlflowClient(resolved)
 
 
-@functools.cache  # only an answer is remembered: a raise is not cached
-def require_answer(uri: str) -> None:
-    """An UnreachableError unless the server at `uri` answers HTTP at all (any status)."""
+def no_answer(uri: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the server at `uri` gave no HTTP answer at all, or None when it answered (any
+    status; a TLS error is an answer too: MLflow's own TLS settings decide the rest)."""
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT)
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.exceptions.SSLError:
-        return  # it answered; MLflow's own TLS settings (a CA file, insecure) decide the rest
+        return None
     except requests.RequestException as exc:
+        return type(exc).__name__
+    return None
+
+
+@functools.cache  # only an answer is remembered: a raise is not cached
+def require_answer(uri: str) -> None:
+    """An UnreachableError unless the server at `uri` answers HTTP at all."""
+    reason = no_answer(uri)
+    if reason is not None:
         raise UnreachableError(
-            f"the MLflow server at {uri} did not answer ({type(exc).__name__}): is it running, "
+            f"the MLflow server at {uri} did not answer ({reason}): is it running, "
             "and is that its address?"
-        ) from None
+        )
 
 
 def raise_if_refused(exc: MlflowException, uri: str) -> None:
@@ -401,9 +410,7 @@ def check_resume(spec: PipelineSpec, run_id: str) -> None:
         )
 
 
-def pipeline_of(
-    run_id: str, uri: str | None = None, overrides: Iterable[str] = ()
-) -> PipelineSpec:
+def pipeline_of(run_id: str, uri: str | None = None, overrides: Iterable[str] = ()) -> PipelineSpec:
     """The resolved pipeline a run was started with, `overrides` applied, validated again."""
     import yaml
 

@@ -31,6 +31,7 @@ from plexa.tracking import (
     Tracker,
     flatten,
     is_remote,
+    no_answer,
     point_mlflow_at,
     raise_if_refused,
     require_answer,
@@ -85,13 +86,7 @@ def unavailable(exc: BaseException) -> bool:
 
 def reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Any HTTP answer from the server counts; a refused or timed-out connection does not."""
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except requests.RequestException:
-        return False
-    return True
+    return no_answer(uri, timeout) is None
 
 
 @dataclass
