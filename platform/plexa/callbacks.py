@@ -17,19 +17,30 @@ EpochSink = Callable[[int, dict[str, float]], None]
 
 
 class EpochSeed(L.Callback):
-    """Reseed torch from (seed, epoch, rank) at each epoch start.
+    """Reseed torch from (seed, epoch, rank) at each epoch start, and with `per_batch` from
+    the batch's index too.
 
-    An epoch's dropout masks then do not depend on the RNG history before it, so a run resumed
-    from a checkpoint continues exactly like an uninterrupted one.
+    An epoch's (a batch's) dropout masks then do not depend on the RNG history before it, so a
+    run resumed from a checkpoint continues exactly like an uninterrupted one.
     """
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    def __init__(self, seed: int, per_batch: bool = False) -> None:
+        self.seed, self.per_batch = seed, per_batch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(
             self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank
         )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        # a run that resumes mid-epoch (streaming data) then draws the masks it would have
+        if self.per_batch:
+            epoch = trainer.current_epoch
+            torch.manual_seed(
+                self.seed * 1_000_003 + epoch * 1_009 + idx * 65_537 + trainer.global_rank
+            )
 
 
 class EpochReport(L.Callback):

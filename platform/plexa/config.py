@@ -49,6 +49,19 @@ class PluginRef(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoaderSpec(_Strict):
+    """The DataLoader that reads a streaming data plugin's splits (in-memory splits need none)."""
+
+    workers: int = Field(0, ge=0)  # loader processes; 0 reads in the training process
+    prefetch: int = Field(2, ge=1)  # batches each worker reads ahead
+    pin_memory: bool = False  # page-locked batches for faster copies to a GPU
+    persistent_workers: bool = False  # keep the workers between epochs
+
+
+class DataRef(PluginRef):
+    loader: LoaderSpec = Field(default_factory=LoaderSpec)
+
+
 class OptimizerSpec(_Strict):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -240,7 +253,7 @@ class SweepSpec(_Strict):
 
 class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    data: PluginRef
+    data: DataRef
     model: PluginRef
     train: TrainSpec = Field(default_factory=TrainSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)

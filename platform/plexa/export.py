@@ -175,7 +175,9 @@ def _held_out(data: DataSplits, samples: int) -> np.ndarray:
     """Test inputs the network never trained on, in the dtype the DataSpec promises."""
     import numpy as np
 
-    x = np.ascontiguousarray(np.asarray(data.test.x[:samples]), dtype=data.spec.input_dtype)
+    from plexa.streaming import head
+
+    x = np.ascontiguousarray(head(data.test, samples), dtype=data.spec.input_dtype)
     if len(x) == 0:
         raise ExportError("the test split is empty: no held-out data for the parity check")
     return x

@@ -62,11 +62,33 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """One split read from storage as training needs it, never held whole in memory.
+
+    `dataset` is a PyTorch dataset whose samples are `(x, y)` pairs: map-style (random access:
+    the core shuffles it by index and gives each rank its share) or an `IterableDataset` (the
+    core asks it for each reader's share with `shard(index, count)` when it has that method,
+    and otherwise keeps every `count`-th sample). `labels`, the split's targets alone, lets the
+    core partition it (federated clients) without reading a single input.
+    """
+
+    dataset: Any
+    labels: Any = None
+
+    def __len__(self) -> int:
+        if self.labels is not None:
+            return len(self.labels)
+        return len(self.dataset)
+
+
+@dataclass(frozen=True)
 class DataSplits:
+    """A data plugin's splits: each in memory (`Split`, the fast path) or streamed (`Stream`)."""
+
     spec: DataSpec
-    train: Split
-    val: Split
-    test: Split
+    train: Split | Stream
+    val: Split | Stream
+    test: Split | Stream
 
 
 class Plugin:

@@ -20,6 +20,7 @@ from torch import nn
 from plexa.config import TrainSpec
 from plexa.loaders import Chunk
 from plexa.optim import make_optimizer, make_scheduler
+from plexa.streaming import labels
 
 
 class TaskModule(L.LightningModule):
@@ -220,8 +221,9 @@ class LanguageModelTask(TaskModule):
 
     def setup(self, stage: str) -> None:
         data = getattr(getattr(self.trainer, "datamodule", None), "data", None)
-        if data is not None and self._unigram is None:
-            ids = torch.as_tensor(data.train.y).reshape(-1)
+        targets = None if data is None else labels(data.train)
+        if data is not None and targets is not None and self._unigram is None:
+            ids = torch.as_tensor(targets).reshape(-1)
             counts = torch.bincount(ids, minlength=data.spec.output_size).double() + 1
             self._unigram = (counts / counts.sum()).log()
 

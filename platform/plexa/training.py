@@ -17,11 +17,12 @@ import torch
 
 from plexa.assembly import monitor as default_monitor
 from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink
-from plexa.config import ComputeSpec, PipelineSpec, TrainSpec
+from plexa.config import ComputeSpec, LoaderSpec, PipelineSpec, TrainSpec
 from plexa.errors import RunInterrupted, UserError
 from plexa.loaders import Chunks, DeviceBatches, to_tensors
 from plexa.plugins import DataSplits
 from plexa.runs import CHECKPOINTS
+from plexa.streaming import StreamData, is_streaming
 
 
 @dataclass
@@ -93,9 +94,20 @@ class MemoryData(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def memory_data(module: L.LightningModule, data: DataSplits, train: TrainSpec) -> MemoryData:
-    """The data module for `module`: chunked for plexa's task modules, plain batches for a
-    plugin's own LightningModule."""
+def data_module(
+    module: L.LightningModule,
+    data: DataSplits,
+    train: TrainSpec,
+    loader: LoaderSpec | None = None,
+) -> MemoryData | StreamData:
+    """The data module for `module`: streaming splits through a DataLoader (`loader`); splits
+    in memory on the device, chunked for plexa's task modules, plain batches for a plugin's
+    own LightningModule."""
+    if is_streaming(data):
+        return StreamData(
+            data, train.batch_size, train.seed, train.limit_batches, loader or LoaderSpec(),
+            train.eval_batch_size,
+        )  # fmt: skip
     chunk = getattr(module, "batches_per_step", 1)
     return MemoryData(
         data, train.batch_size, train.seed, train.limit_batches, chunk, train.eval_batch_size
@@ -142,16 +154,21 @@ def trainer(
         num_sanity_val_steps=0,
         limit_val_batches=None if validation else 0,
         default_root_dir=root,
+        use_distributed_sampler=False,  # plexa's loaders give each rank its own share
         **place,
     )
 
 
 def test(
-    module: L.LightningModule, data: DataSplits, train: TrainSpec, **place: Any
+    module: L.LightningModule,
+    data: DataSplits,
+    train: TrainSpec,
+    loader: LoaderSpec | None = None,
+    **place: Any,
 ) -> dict[str, float]:
     """Test metrics of `module` as it is, on one device."""
     results = trainer(train, epochs=1, callbacks=[], checkpointing=False, **place).test(
-        module, datamodule=memory_data(module, data, train), verbose=False
+        module, datamodule=data_module(module, data, train, loader), verbose=False
     )
     return {k: float(v) for k, v in results[0].items()} if results else {}
 
@@ -172,7 +189,7 @@ def fit_and_test(
 ) -> Fitted:
     """The training every runner shares; runners differ only in `placement` (accelerator,
     devices, strategy, cluster plugins), `after_save` hooks and `prepare`."""
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, OnExceptionCheckpoint
 
     t = spec.train
     monitor = monitor or default_monitor(module)
@@ -191,7 +208,12 @@ def fit_and_test(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed), report]
+    datamodule = data_module(module, data, t, spec.data.loader)
+    streaming = isinstance(datamodule, StreamData)
+    cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed, per_batch=streaming), report]
+    if streaming:
+        # the loader's position is in the checkpoint: an interrupted run saves where it is
+        cbs.append(OnExceptionCheckpoint(run_dir / CHECKPOINTS, filename="last"))
     if t.early_stopping:
         es = t.early_stopping
         es_metric = es.monitor or metric
@@ -209,7 +231,6 @@ def fit_and_test(
     )
     fitter = prepare(fitter)
     previous = signal.getsignal(signal.SIGINT)
-    datamodule = memory_data(module, data, t)
     try:
         fitter.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SystemExit:

@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from plexa.callbacks import EpochSeed
+from plexa.errors import UserError
 from plexa.federated import strategies
 from plexa.federated.partition import partition
 
@@ -111,10 +112,19 @@ def partitions(spec: PipelineSpec, data: DataSplits) -> list[Any]:
     fed = spec.federated
     assert fed is not None
     seed = spec.train.seed if fed.seed is None else fed.seed
-    labels = data.train.y if data.spec.task == "classification" else range(len(data.train))
     import numpy as np
 
-    return partition(np.asarray(labels), fed.clients, fed.partition, seed)
+    from plexa.streaming import labels
+
+    targets = labels(data.train) if data.spec.task == "classification" else None
+    if targets is None:
+        if data.spec.task == "classification":
+            raise UserError(
+                f"data plugin '{spec.data.plugin}' streams its training split without labels; "
+                "federated partitions are computed from the labels alone (Stream.labels)"
+            )
+        targets = np.arange(len(data.train))
+    return partition(np.asarray(targets), fed.clients, fed.partition, seed)
 
 
 def make_trainer(spec: PipelineSpec, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
@@ -193,8 +203,11 @@ def _maybe_fail(partition_id: int) -> None:
 
 def train_client(job_path: str, msg: Message, context: Context) -> Message:
     """One round on one client: load the global model, train local epochs, reply."""
-    from plexa.plugins import DataSplits, Split
-    from plexa.training import memory_data
+    import numpy as np
+
+    from plexa.plugins import DataSplits
+    from plexa.streaming import subset
+    from plexa.training import data_module
 
     started = time.perf_counter()
     state = _client_state(job_path)
@@ -206,7 +219,7 @@ def train_client(job_path: str, msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])  # type: ignore[arg-type]
 
     idx = state.parts[partition_id]
-    own = Split(state.data.train.x[idx], state.data.train.y[idx])
+    own = subset(state.data.train, np.asarray(idx))  # a stream reads only this client's part
     data = DataSplits(state.data.spec, own, own, own)
     base = spec.train.seed if fed.seed is None else fed.seed
     seed = base * 1_000_003 + server_round * 10_007 + partition_id
@@ -220,7 +233,7 @@ def train_client(job_path: str, msg: Message, context: Context) -> Message:
         callbacks.append(ProximalTerm(mu))
     torch.manual_seed(seed)
     trainer = make_trainer(spec, fed.local_epochs, callbacks)
-    trainer.fit(module, datamodule=memory_data(module, data, train))
+    trainer.fit(module, datamodule=data_module(module, data, train, spec.data.loader))
 
     metrics: dict[str, MetricRecordValues] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")

@@ -197,12 +197,16 @@ def log_results(tracker: Tracker, built: Assembled) -> None:
     if data.spec.task == "classification":
         import torch
 
-        from plexa.loaders import to_tensors
+        from plexa.streaming import iter_batches
 
         net.eval()
-        x, _ = to_tensors(data.test, next(net.parameters()).device)
+        device = next(net.parameters()).device
+        truth: list[int] = []
+        predicted: list[int] = []
         with torch.no_grad():
-            predicted = torch.cat([net(b).argmax(1).cpu() for b in x.split(1024)])
+            for x, y in iter_batches(data.test, 1024):
+                predicted += net(x.to(device)).argmax(1).cpu().tolist()
+                truth += y.tolist()
         names_ = data.spec.class_names or tuple(str(i) for i in range(data.spec.output_size))
-        figure = plots.confusion(data.test.y.tolist(), predicted.tolist(), names_)
+        figure = plots.confusion(truth, predicted, names_)
         tracker.log_figure(figure, "confusion_matrix.png")

@@ -146,6 +146,7 @@ def _log_partition(tracker: Tracker, data: DataSplits, parts: list[Any]) -> None
     """The partition plot (label counts per client) and each client's size."""
     from plexa import plots
     from plexa.federated.partition import label_counts
+    from plexa.streaming import labels
 
     sizes = [len(p) for p in parts]
     tracker.log_params(
@@ -154,9 +155,10 @@ def _log_partition(tracker: Tracker, data: DataSplits, parts: list[Any]) -> None
             "federated.client_size_max": max(sizes),
         }
     )
-    if data.spec.task == "classification":
+    targets = labels(data.train)
+    if data.spec.task == "classification" and targets is not None:
         names = data.spec.class_names or tuple(str(i) for i in range(data.spec.output_size))
-        counts = label_counts(data.train.y, parts, len(names))
+        counts = label_counts(targets, parts, len(names))
         tracker.log_figure(plots.partition(counts, names), "partition.png")
 
 

@@ -114,6 +114,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from plexa.export import export_onnx
     from plexa.plugins import architectures, datasets
     from plexa.quiet import quiet_libraries
+    from plexa.streaming import head
     from plexa.sweep import space
     from plexa.sweep.latency import onnx_latency_ms, parameter_count
     from plexa.tracking import Tracker
@@ -159,7 +160,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         data, net, module = built.data, built.net, built.module
         trial_dir = Path(setup["run_dir"]) / "trials" / trial_id
         cost: dict[str, float] = {"params": float(parameter_count(net))}
-        sample = data.test.x[:1].astype(data.spec.input_dtype)
+        sample = head(data.test, 1).astype(data.spec.input_dtype)
         if setup["latency_early"]:  # an objective needs it from the first report on
             first = export_onnx(built.export_module(), spec, data, trial_dir / "initial")
             cost["latency_ms"] = onnx_latency_ms(first.path, sample, setup["latency_runs"])

@@ -1,0 +1,188 @@
+"""Streaming splits: each rank's and worker's share, federated parts from labels alone, and a
+run interrupted mid-epoch that resumes with exactly the batches it had not trained on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+from torch.utils.data import Dataset, IterableDataset
+
+from plexa import orchestrator
+from plexa.config import load_pipeline
+from plexa.plugins import DataPlugin, DataSplits, PluginConfig, Stream, data
+from plexa.runners import RunInterrupted
+from plexa.streaming import EpochOrder, IterableShard, subset
+
+from .conftest import PIPELINES
+
+
+class Rows(Dataset):
+    """Rows of a .npy file on disk, read one at a time through a memory map (64 pixels, label)."""
+
+    def __init__(self, path: Path, rows: np.ndarray) -> None:
+        self.path, self.rows = path, rows
+        self.reads: list[int] = []
+        self._table: Any = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.int64]:
+        if self._table is None:  # opened in each loader worker
+            self._table = np.load(self.path, mmap_mode="r")
+        self.reads.append(int(self.rows[i]))
+        row = self._table[self.rows[i]]
+        return np.asarray(row[:64], dtype=np.float32), np.int64(row[64])
+
+
+@data("disk-digits", override=True)
+class DiskDigits(DataPlugin):
+    """The digits written to one file, then streamed from it."""
+
+    class Config(PluginConfig):
+        folder: str
+
+    def task(self, config: Config) -> str:
+        return "classification"
+
+    def load(self, config: Config, seed: int) -> DataSplits:
+        from plexa_data.digits import Digits
+
+        memory = Digits().load(Digits.Config(flatten=True), seed)
+        splits = (memory.train, memory.val, memory.test)
+        table = np.concatenate([np.concatenate([s.x, s.y[:, None]], 1) for s in splits])
+        path = Path(config.folder) / "digits.npy"
+        np.save(path, table.astype(np.float32))
+        ends = np.cumsum([len(s) for s in splits])
+        parts = np.split(np.arange(len(table)), ends[:2])
+        streams = [Stream(Rows(path, rows), table[rows, 64].astype(np.int64)) for rows in parts]
+        return DataSplits(memory.spec, *streams)
+
+
+class Trained(L.Callback):
+    """Records each trained batch (epoch, index, a fingerprint); interrupts at `stop`."""
+
+    def __init__(self, stop: tuple[int, int] | None = None) -> None:
+        self.stop, self.batches = stop, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
+        if self.stop == (trainer.current_epoch, idx):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-epoch
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        x, y = batch
+        self.batches.append((trainer.current_epoch, idx, float(x.sum()), y.tolist()))
+
+
+def test_a_streaming_run_interrupted_mid_epoch_resumes_with_exactly_the_unseen_batches(
+    workdir: Path,
+) -> None:
+    spec = load_pipeline(
+        PIPELINES / "digits-mlp.yaml",
+        [
+            "compute.accelerator=cpu",
+            "data.plugin=disk-digits",
+            f"data.params={{folder: {workdir}}}",
+            "data.loader.workers=2",  # the position must survive worker processes too
+            "train.max_epochs=3",
+            "model.params.dropout=0.3",  # and dropout's random masks
+            "export.onnx=false",
+        ],
+    )
+    straight = Trained()
+    uninterrupted = orchestrator.run(spec, callbacks=[straight])
+
+    first = Trained(stop=(1, 5))
+    with pytest.raises(RunInterrupted) as stopped:
+        orchestrator.run(spec, callbacks=[first])
+    assert [b[:2] for b in first.batches[-2:]] == [(1, 3), (1, 4)]
+    rest = Trained()
+    resumed = orchestrator.run(spec, resume=stopped.value.run_id, callbacks=[rest])
+
+    assert rest.batches[0][:2] == (1, 5)
+    assert first.batches + rest.batches == straight.batches  # none repeated, none skipped
+    assert resumed.metrics == uninterrupted.metrics
+
+
+def order(epoch: int, rank: int = 0, world: int = 1, **kw: Any) -> list[int]:
+    sampler = EpochOrder(
+        100, shuffle=True, seed=7, epoch=lambda: epoch, rank=rank, world_size=world, **kw
+    )
+    return list(sampler)
+
+
+def test_each_rank_gets_an_equal_disjoint_share_of_a_seeded_epoch() -> None:
+    for world in (1, 2, 3):
+        shares = [order(4, rank, world) for rank in range(world)]
+        everyone = [i for share in shares for i in share]
+        assert len({len(s) for s in shares}) == 1  # ranks step in lockstep
+        assert len(set(everyone)) == len(everyone) == 100 - 100 % world
+    assert order(4) == order(4) and sorted(order(4)) == sorted(order(5)) != order(5)
+    resumed = EpochOrder(
+        100, shuffle=True, seed=7, epoch=lambda: 0, rank=0, world_size=1, start=(4, 30)
+    )
+    assert list(resumed) == order(4)[30:]  # the rest of the interrupted epoch 4, then
+    assert list(resumed) == order(0)  # the epoch the trainer is in
+
+
+class Numbers(IterableDataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Any:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ShardedNumbers(Numbers):
+    """Gives each reader its own share, as a plugin reading many files would."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.asked: list[tuple[int, int]] = []
+
+    def shard(self, index: int, count: int) -> Any:
+        self.asked.append((index, count))
+        return iter(range(index, self.n, count))
+
+
+@pytest.mark.parametrize("kind", [Numbers, ShardedNumbers])
+def test_iterable_streams_are_split_between_ranks(kind: type[Numbers]) -> None:
+    datasets = [kind(10) for _ in range(2)]
+    seen = [list(IterableShard(d, rank, 2, None, batch_size=1)) for rank, d in enumerate(datasets)]
+    assert seen == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    if kind is ShardedNumbers:
+        assert [d.asked for d in datasets] == [[(0, 2)], [(1, 2)]]
+    skipped = IterableShard(kind(10), 0, 1, None, batch_size=2, skip_batches=2)
+    assert list(skipped) == [4, 5, 6, 7, 8, 9]
+
+
+def test_federated_parts_come_from_labels_and_a_client_reads_only_its_own(
+    tmp_path: Path,
+) -> None:
+    from plexa.federated.apps import partitions
+
+    spec = load_pipeline(
+        PIPELINES / "digits-federated.yaml",
+        ["data.plugin=disk-digits", f"data.params={{folder: {tmp_path}}}", "export.onnx=false"],
+    )
+    splits = DiskDigits().load(DiskDigits.Config(folder=str(tmp_path)), 0)
+    train = splits.train
+    assert isinstance(train, Stream)
+    parts = partitions(spec, splits)
+    assert train.dataset.reads == []  # partitioned without reading one input
+    own = subset(train, np.asarray(parts[1]))
+    assert isinstance(own, Stream)
+    for i in range(len(own.dataset)):
+        own.dataset[i]
+    assert sorted(train.dataset.reads) == sorted(int(train.dataset.rows[i]) for i in parts[1])
