@@ -23,6 +23,7 @@ _OWN = (".venv/", ".pytest_cache/", ".ruff_cache/", ".hypothesis/", ".mypy_cache
 _LEAKY_ENV = (
     "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
     "PLEXA_RUNS_DIR", "PLEXA_RUN_DIR", "RAY_ADDRESS", "PLEXA_SERVE_TOKEN", "PLEXA_DEBUG",
+    "PLEXA_CACHE_DIR", "XDG_CACHE_HOME",
 )  # fmt: skip
 
 
@@ -35,6 +36,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name, None)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
     os.environ["PLEXA_RUNS_DIR"] = str(scratch / "plexa-runs")
+    # the digits scorer generative runs report against: trained once per test session, in a
+    # folder both xdist workers share (written atomically), never the user's ~/.cache
+    session = getattr(config, "workerinput", {}).get("testrunuid", f"solo-{os.getpid()}")
+    os.environ["PLEXA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"plexa-tests-{session}")
     # worker processes (Ray's) unpickle callbacks defined in tests/ by module name
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")

@@ -9,6 +9,7 @@ every generator to train, log its grids and score, export and sample.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -29,9 +30,10 @@ GENERATORS = ("gan", "vae", "diffusion")
 
 
 @pytest.fixture(scope="module")
-def scorer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One scorer for the module, trained here once (not taken from the user's cache)."""
-    return tmp_path_factory.mktemp("scorer-cache")
+def scorer_cache() -> Path:
+    """The test session's scorer cache (tests/conftest.py): trained once for the session,
+    never taken from the user's cache."""
+    return Path(os.environ[scoring.CACHE_ENV])
 
 
 @pytest.fixture

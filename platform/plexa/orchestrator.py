@@ -37,14 +37,15 @@ def run(
     the run's progress events; `callbacks` join the Lightning Trainer wherever it runs;
     `runner` replaces the one the pipeline names (a configured one: `plexa federate --deploy`)."""
     started = time.perf_counter()
+    rank_zero = global_rank() == 0
+    if resume and rank_zero:  # before the runner's import, which takes seconds
+        tracking.check_resume(spec, resume)
     runner = runner or runners.for_pipeline(spec)
     runner.check(spec, resume)
-    if global_rank() != 0:  # a DDP worker: train, and leave every side effect to rank zero
+    if not rank_zero:  # a DDP worker: train, and leave every side effect to rank zero
         folder = Path(os.environ[RUN_DIR_ENV])
         runner.train(Job(spec, tracking.NullTracker(), folder, callbacks=callbacks))
         return RunResult(spec.name, None, "FINISHED")
-    if resume:
-        tracking.check_resume(spec, resume)
     with (
         runner.session(spec),
         tracking_open.open_run(spec, resume) as tracker,
