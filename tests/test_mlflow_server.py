@@ -263,6 +263,8 @@ def test_a_server_that_dies_mid_run_loses_nothing(
     assert _steps(client, result.run_id, per_step) == steps  # each epoch (round) once
     assert {"test/acc", "export/parity_max_abs_diff"} <= set(run.data.metrics)
     assert run.data.params["data.train_size"] == local.data.params["data.train_size"]
+    contexts = [t.value for d in run.inputs.dataset_inputs for t in d.tags]
+    assert sorted(contexts) == ["test", "train", "val"]  # each split's dataset input, once
     paths = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert "checkpoints/best.ckpt" in paths
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}

@@ -3,6 +3,7 @@ and what lands in MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -192,6 +193,21 @@ def test_a_run_records_everything_in_mlflow(workdir: Path) -> None:
     assert tags["plexa.architecture"] == "cnn" and tags["plexa.architecture.version"] == "0.1.0"
     assert tags["plexa.architecture.distribution"] == "plexa"
     assert tags["plexa.data"] == "digits"
+
+    # each split as an MLflow dataset input: its role, size, schema and a digest
+    splits = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert sorted(splits) == ["test", "train", "val"]
+    for name, dataset in splits.items():
+        assert json.loads(dataset.profile)["num_rows"] == int(params[f"data.{name}_size"])
+        features = json.loads(json.loads(dataset.schema)["mlflow_tensorspec"]["features"])
+        assert features[0]["tensor-spec"]["shape"] == [-1, 1, 8, 8]
+        assert dataset.name == f"digits-{name}"
+    assert len({d.digest for d in splits.values()}) == 3
+    again = mlflow.MlflowClient().get_run(orchestrator.run(spec).run_id).inputs.dataset_inputs
+    assert {d.dataset.digest for d in again} == {d.digest for d in splits.values()}
 
     metrics = run.data.metrics
     for key in ("test/acc", "test/loss", "epoch_seconds", "samples_per_second", "lr"):

@@ -89,6 +89,7 @@ class DataSplits:
     train: Split | Stream
     val: Split | Stream
     test: Split | Stream
+    source: str | None = None  # the file, folder or URI read: the runs' dataset inputs name it
 
 
 class Plugin:

@@ -11,7 +11,7 @@ import functools
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from plexa.runs import CHECKPOINTS, checkpoint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.entities import DatasetInput, Run
     from mlflow.exceptions import MlflowException
 
     from plexa.events import Event
@@ -212,6 +212,10 @@ class Tracker:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client().log_artifact(self.active_run_id, str(path), folder)
 
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
+        """Dataset inputs (`plexa.lineage`): what each split was."""
+        self.client().log_inputs(self.active_run_id, datasets=list(datasets))
+
     def log_figure(self, figure: Any, name: str) -> None:
         self.client().log_figure(self.active_run_id, figure, f"plots/{name}")
 
@@ -292,6 +296,9 @@ class NullTracker(Tracker):
         pass
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
         pass
 
     def log_figure(self, figure: Any, name: str) -> None:

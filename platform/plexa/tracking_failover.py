@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from plexa.tracking import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.entities import DatasetInput, Run
 
     from plexa.config import PipelineSpec
 
@@ -97,6 +97,7 @@ class Journal:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key value ms step
     texts: dict[str, str] = field(default_factory=dict)
+    inputs: list[DatasetInput] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +143,10 @@ class FailoverTracker(Tracker):
     def log_text(self, text: str, path: str) -> None:
         self.journal.texts[path] = text
         self._guarded(f"text {path}", lambda: Tracker.log_text(self, text, path))
+
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
+        self.journal.inputs += datasets
+        self._guarded("dataset inputs", lambda: Tracker.log_inputs(self, datasets))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._guarded(f"artifact {path.name}", lambda: Tracker.log_artifact(self, path, folder))
@@ -261,6 +266,8 @@ def start_offline_run(
         client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
     for path, text in journal.texts.items():
         client.log_text(run_id, text, path)
+    if journal.inputs:
+        client.log_inputs(run_id, datasets=journal.inputs)
     point_mlflow_at(uri, run_id)
     return run_id
 
@@ -399,6 +406,9 @@ def _sync_run(local: MlflowClient, run: Run, remote: MlflowClient, uri: str) -> 
     experiment_id = remote_run.info.experiment_id
 
     _copy_data(local, remote, offline_id, remote_run, tags)
+    offline_inputs = local.get_run(offline_id).inputs
+    if offline_inputs is not None and offline_inputs.dataset_inputs:
+        remote.log_inputs(remote_id, datasets=offline_inputs.dataset_inputs)
     with tempfile.TemporaryDirectory() as tmp:
         if local.list_artifacts(offline_id):
             remote.log_artifacts(remote_id, local.download_artifacts(offline_id, "", tmp))

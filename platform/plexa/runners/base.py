@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from plexa import lineage
 from plexa.assembly import Assembled, assemble, load_weights
 from plexa.config import PipelineSpec
 from plexa.errors import RunInterrupted
@@ -72,6 +73,7 @@ class Job:
                 "data.test_size": len(data.test),
             }
         )
+        self.tracker.log_inputs(lineage.inputs(self.spec.data.plugin, data))
 
 
 @dataclass
