@@ -4,7 +4,9 @@ reads or writes what lies in the repository's working tree (a demo's store, `mlr
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,26 +89,41 @@ def _tree_outside_git() -> frozenset[str]:
     return frozenset(entries)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def repository_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fails the test that wrote into the checkout (its own tmp folder is the place)."""
+    """Fails the test file that wrote into the checkout (a test's own tmp folder is the place).
+    Per file, not per test: `git status` costs a few hundred milliseconds here, and under
+    xdist the writer may be a test of the file that runs beside it anyway."""
     if not (REPO / ".git").exists():  # an unpacked archive: nothing to compare against
         yield
         return
     before = _tree_outside_git()
     yield
     after = _tree_outside_git()
-    if after != before:  # under xdist the writer may be a test beside this one
+    if after != before:
         changed = sorted({e.split(" ")[1] for e in after ^ before})
         pytest.fail(f"the repository changed during {request.node.nodeid}: {', '.join(changed)}")
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """An empty MLflow sqlite store with its schema: creating one runs MLflow's migrations,
+    seconds on this machine, so each test's store is a copy of this one."""
+    import mlflow
+
+    path = Path(tempfile.mkdtemp(prefix="plexa-store-")) / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh cwd with its own sqlite MLflow store and run folder, as a new user would have."""
+    """A fresh cwd with its own (empty) sqlite MLflow store and run folder, as a new user
+    would have."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)
+    shutil.copyfile(_empty_store(), tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # an earlier in-process run may have set another store

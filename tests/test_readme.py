@@ -40,6 +40,18 @@ def test_plugin_example_runs_as_written(workdir: Path) -> None:
     assert Path(path).is_file()
 
 
+def test_streaming_example_runs_as_written(workdir: Path) -> None:
+    script = workdir / "streaming.py"
+    script.write_text(readme_block("streaming-example"))
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    accuracy = float(re.search(r"test accuracy (\S+)", out.stdout).group(1))
+    assert accuracy > 0.8
+    assert (workdir / "digits.npy").is_file()
+
+
 def test_demo_outputs_are_what_the_readme_lists_and_make_clean_removes_them(tmp_path: Path) -> None:
     """The demo's command (one short epoch) in a fresh folder, with MLflow's defaults as a user has
     them; then the Makefile's `clean` in that folder."""

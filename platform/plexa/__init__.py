@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 PUBLIC_MODULES = (
     "plexa",
-    "plexa.plugins",  # Architecture, DataPlugin, PluginConfig, DataSpec, DataSplits, Split
+    "plexa.plugins",  # Architecture, DataPlugin, PluginConfig, DataSpec, DataSplits, Split, Stream
     "plexa.config",  # the pipeline's spec classes (TrainSpec, ...), load_pipeline, validate
     "plexa.errors",  # UserError, DataError, ... and their exit codes
     "plexa.artifacts",  # log_image: what a plugin logs into the run it trains in
@@ -34,6 +34,7 @@ _LAZY = {
     "DataSpec": "plexa.plugins",
     "DataSplits": "plexa.plugins",
     "Split": "plexa.plugins",
+    "Stream": "plexa.plugins",
     "architecture": "plexa.plugins",
     "data": "plexa.plugins",
     "PluginError": "plexa.plugins",
@@ -66,6 +67,7 @@ __all__ = [
     "RunFailed",
     "RunResult",
     "Split",
+    "Stream",
     "UnreachableError",
     "UserError",
     "__version__",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
         PluginConfig,
         PluginError,
         Split,
+        Stream,
         architecture,
         data,
     )
