@@ -40,7 +40,7 @@ from plexa.callbacks import EpochSeed
 from plexa.config import PipelineSpec, load_pipeline
 from plexa.plugins import DataSplits
 from plexa.quiet import quiet_libraries
-from plexa.training import memory_data
+from plexa.training import data_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ def run_plexa(spec: PipelineSpec, root: str) -> list[float]:
     timer = EpochTimer()
     # EpochSeed as in the local runner; the timer goes first so its epoch includes EpochSeed
     trainer = _trainer(spec, [timer, EpochSeed(t.seed)], root)
-    trainer.fit(module, datamodule=memory_data(module, data, t))
+    trainer.fit(module, datamodule=data_module(module, data, t))
     return timer.seconds
 
 

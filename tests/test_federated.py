@@ -119,7 +119,7 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
 
     from plexa.assembly import build, load_data
     from plexa.federated.apps import ProximalTerm, make_trainer
-    from plexa.training import memory_data
+    from plexa.training import data_module
 
     spec = load_pipeline(PIPELINE, ["train.limit_batches=5"])
     data = load_data(spec)
@@ -129,7 +129,7 @@ def test_proximal_term_pulls_local_training_towards_the_global_model() -> None:
         start = [p.detach().clone() for p in module.parameters()]
         callbacks = [ProximalTerm(mu)] if mu else []
         trainer = make_trainer(spec, 1, callbacks)
-        trainer.fit(module, datamodule=memory_data(module, data, spec.train))
+        trainer.fit(module, datamodule=data_module(module, data, spec.train))
         moved = zip(module.parameters(), start, strict=True)
         return sum(float((p.detach() - s).norm()) for p, s in moved)
 
