@@ -208,14 +208,15 @@ def test_text_windows_the_builtin_corpus_and_refuses_bad_files(tmp_path: Path) -
     # val and test windows do not overlap: each character is scored once
     assert data.val.x.size < 20_000 * 0.15
 
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "latin1.txt").write_text("cafe", encoding="utf-8")
     bad = {"plugin": "text", "params": {"path": "latin1.txt"}}
-    spec = validate(
-        pipeline(bad, {"plugin": "transformer", "params": {"attention": "causal"}}),
-        base_dir=tmp_path,
-    )
+    transformer = {"plugin": "transformer", "params": {"attention": "causal"}}
+    spec = validate(pipeline(bad, transformer), base_dir=tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text: byte 3"):
         datasets.create("text").load(spec.data_config(), 0)
+    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text: byte 3"):
+        validate(pipeline(bad, transformer), base_dir=tmp_path)  # found before anything runs
     missing = {"plugin": "text", "params": {"path": "nope.txt"}}
     with pytest.raises(ConfigError) as refused:
         validate(

@@ -1,7 +1,7 @@
-"""What a plugin logs into the run it trains in (a generator's sample grids, say): through the
-run's tracker, the one object that logs, so it lands in the right run from any thread and
-follows a failover. Outside a run, and in worker processes (DDP ranks > 0, Ray workers),
-there is no run here and nothing is logged."""
+"""What a plugin logs into the run it trains in (a generator's sample grids, a data plugin's
+trained tokenizer): through the run's tracker, the one object that logs, so it lands in the
+right run from any thread and follows a failover. Outside a run, and in worker processes (DDP
+ranks > 0, Ray workers), there is no run here and nothing is logged."""
 
 from __future__ import annotations
 
@@ -28,4 +28,12 @@ def log_image(image: Any, path: str) -> bool:
     if not _RUNS:
         return False
     _RUNS[-1].log_image(image, path)
+    return True
+
+
+def log_text(text: str, path: str) -> bool:
+    """Log `text` as the file `path` in the run's artifacts; False where no run is open here."""
+    if not _RUNS:
+        return False
+    _RUNS[-1].log_text(text, path)
     return True

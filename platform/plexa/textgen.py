@@ -1,17 +1,20 @@
 """Text from a language-model export, sampled with ONNX Runtime alone.
 
 A plexa language-model ONNX file says what it is in its metadata: `task` is `language-model`,
-`class_names` is the vocabulary (token id -> character) and `input` gives the context window
-(the graph reads a fixed number of token ids). A prompt shorter than the window is padded on
+`class_names` is the vocabulary (token id -> character, or -> BPE token) and `input` gives the
+context window (the graph reads a fixed number of token ids). A model trained on BPE tokens
+also carries its tokenizer (`normalisation.tokenizer`, a Hugging Face `tokenizers` JSON), which
+encodes the prompt and decodes what follows it. A prompt shorter than the window is padded on
 the right: the model is causal, so the logits at the prompt's last position do not depend on
-the padding. A longer text keeps its last `context` characters.
+the padding. A longer text keeps its last `context` tokens.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plexa.errors import UserError
 
@@ -33,9 +36,9 @@ def generate_text(
     top_k: int | None = None,
     seed: int = 0,
 ) -> str:
-    """The prompt followed by `max_new_tokens` sampled characters.
+    """The prompt followed by `max_new_tokens` sampled tokens (characters, or BPE tokens).
 
-    `temperature` 0 picks the likeliest character every time; `top_k` (None or 0: all) samples
+    `temperature` 0 picks the likeliest token every time; `top_k` (None or 0: all) samples
     among the k likeliest only. The same file, prompt and seed give the same text.
     """
     import numpy as np
@@ -53,8 +56,8 @@ def generate_text(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    vocabulary, context = _describe(session.get_modelmeta().custom_metadata_map, path)
-    ids = encode(prompt, vocabulary, path)
+    codec, context = _describe(session.get_modelmeta().custom_metadata_map, path)
+    ids = codec.encode(prompt, path)
     start = len(ids)
 
     rng = np.random.default_rng(seed)
@@ -66,11 +69,31 @@ def generate_text(
         window[0, len(recent) :] = 0
         logits = session.run(None, {input_name: window})[0][0, len(recent) - 1]
         ids.append(sample(logits, temperature, top_k, rng))
-    return prompt + "".join(vocabulary[i] for i in ids[start:])
+    return prompt + codec.decode(ids[start:])
 
 
-def _describe(meta: dict[str, str], path: Path) -> tuple[list[str], int]:
-    """(vocabulary, context window) from a plexa export's metadata."""
+@dataclass(frozen=True)
+class Codec:
+    """Text <-> token ids: the characters of `vocabulary`, or a BPE `tokenizer`."""
+
+    vocabulary: list[str]
+    tokenizer: Any = None  # a tokenizers.Tokenizer
+
+    def encode(self, prompt: str, path: Path | str = "the model") -> list[int]:
+        if self.tokenizer is None:
+            return encode(prompt, self.vocabulary, path)
+        # byte-level: every text has ids; an empty prompt starts from a line break
+        ids: list[int] = self.tokenizer.encode(prompt or "\n").ids
+        return ids or [0]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return "".join(self.vocabulary[i] for i in ids)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+
+def _describe(meta: dict[str, str], path: Path) -> tuple[Codec, int]:
+    """(how text becomes ids, context window) from a plexa export's metadata."""
     task = meta.get("task")
     if task != TASK:
         what = f"a {task}" if task else "not a plexa"
@@ -78,9 +101,22 @@ def _describe(meta: dict[str, str], path: Path) -> tuple[list[str], int]:
     try:
         vocabulary = json.loads(meta["class_names"])
         context = int(json.loads(meta["input"])["shape"][1])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        tokenizer = json.loads(meta.get("normalisation") or "{}").get("tokenizer")
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise TextGenError(f"{path}: metadata lacks the vocabulary or context ({exc})") from exc
-    return vocabulary, context
+    if tokenizer is None:
+        return Codec(vocabulary), context
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise TextGenError(
+            f"{path} was trained on BPE tokens; its tokenizer needs the `tokenizers` package: "
+            "pip install 'plexa[text]'"
+        ) from None
+    try:
+        return Codec(vocabulary, Tokenizer.from_str(json.dumps(tokenizer))), context
+    except Exception as exc:  # tokenizers raises its own Exception for a JSON it cannot read
+        raise TextGenError(f"{path}: the tokenizer in its metadata is unreadable ({exc})") from exc
 
 
 def encode(prompt: str, vocabulary: list[str], path: Path | str = "the model") -> list[int]:
