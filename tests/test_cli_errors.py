@@ -204,12 +204,15 @@ def test_an_unreadable_image_is_a_data_error_naming_it(tmp_path: Path) -> None:
 
     for label in ("cat", "dog"):
         (tmp_path / label).mkdir()
-        for i in range(3):
+        for i in range(4):
             Image.new("L", (4, 4)).save(tmp_path / label / f"{i}.png")
     broken = tmp_path / "dog" / "3.png"
     broken.write_bytes(b"not a png")
+    data = Images().load(Images.Config(path=str(tmp_path)), seed=0)  # lists files, reads none
     with pytest.raises(DataError, match=rf"{broken}: cannot read it as an image"):
-        Images().load(Images.Config(path=str(tmp_path)), seed=0)
+        for part in (data.train, data.val, data.test):
+            for i in range(len(part)):
+                part.dataset[i]
 
 
 def test_refused_mlflow_credentials_are_unreachable_not_a_missing_run() -> None:

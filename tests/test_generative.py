@@ -184,10 +184,11 @@ def test_images_plugin_reads_the_shipped_example_folder() -> None:
     assert data.spec.input_shape == (1, 24, 24) and data.spec.task == "classification"
     total = len(data.train) + len(data.val) + len(data.test)
     assert total == 120 and len(data.test) == 24
-    assert data.train.x.dtype == np.float32 and 0 <= data.train.x.min() <= data.train.x.max() <= 1
+    x = np.stack([data.test.dataset[i][0] for i in range(len(data.test))])  # decoded as read
+    assert x.dtype == np.float32 and x.shape == (24, 1, 24, 24) and 0 <= x.min() <= x.max() <= 1
     # every class in every split (stratified), and PNG and JPEG files both read
     for part in (data.train, data.val, data.test):
-        assert set(part.y.tolist()) == {0, 1, 2}
+        assert set(part.labels.tolist()) == {0, 1, 2}
     suffixes = {p.suffix for p in EXAMPLE.rglob("*.*")}
     assert {".png", ".jpg"} <= suffixes
 
