@@ -186,3 +186,34 @@ def test_federated_parts_come_from_labels_and_a_client_reads_only_its_own(
     for i in range(len(own.dataset)):
         own.dataset[i]
     assert sorted(train.dataset.reads) == sorted(int(train.dataset.rows[i]) for i in parts[1])
+
+
+class EpochRows(Rows):
+    """Hears the epoch from the core before each epoch starts (per-epoch augmentation)."""
+
+    heard: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        EpochRows.heard.append(epoch)
+
+
+@data("disk-digits-epochs", override=True)
+class DiskDigitsEpochs(DiskDigits):
+    def load(self, config: DiskDigits.Config, seed: int) -> DataSplits:
+        splits = super().load(config, seed)
+        train = splits.train
+        assert isinstance(train, Stream)
+        rows = EpochRows(train.dataset.path, train.dataset.rows)
+        return DataSplits(splits.spec, Stream(rows, train.labels), splits.val, splits.test)
+
+
+def test_a_dataset_hears_each_epoch_before_it_starts(workdir: Path) -> None:
+    EpochRows.heard.clear()
+    spec = load_pipeline(
+        PIPELINES / "digits-mlp.yaml",
+        ["compute.accelerator=cpu", "data.plugin=disk-digits-epochs",
+         f"data.params={{folder: {workdir}}}", "train.max_epochs=2", "train.limit_batches=2",
+         "export.onnx=false"],
+    )  # fmt: skip
+    orchestrator.run(spec)
+    assert EpochRows.heard == [0, 1]

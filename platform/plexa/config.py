@@ -55,7 +55,8 @@ class LoaderSpec(_Strict):
     workers: int = Field(0, ge=0)  # loader processes; 0 reads in the training process
     prefetch: int = Field(2, ge=1)  # batches each worker reads ahead
     pin_memory: bool = False  # page-locked batches for faster copies to a GPU
-    persistent_workers: bool = False  # keep the workers between epochs
+    # keep the workers between epochs (they then keep the dataset's state of the first one)
+    persistent_workers: bool = False
 
 
 class DataRef(PluginRef):

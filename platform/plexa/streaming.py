@@ -67,9 +67,11 @@ class EpochOrder(Sampler[int]):
         world_size: int,
         limit: int | None = None,
         start: tuple[int, int] | None = None,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
         self.rank, self.world_size, self.limit, self.start = rank, world_size, limit, start
+        self.on_epoch = on_epoch
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = self.size
@@ -86,6 +88,13 @@ class EpochOrder(Sampler[int]):
         epoch, skip = self.start or (self.epoch(), 0)
         self.start = None
         return iter(self._order(epoch)[skip:].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this before each epoch (a resumed one too), before the loader
+        starts its workers: a dataset with `set_epoch` (a plugin's per-epoch augmentation)
+        hears of it, so each epoch draws anew and a resumed one draws the same again."""
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self._order(0))
@@ -128,6 +137,14 @@ class IterableShard(IterableDataset):
     def __len__(self) -> int:
         total = len(self.dataset) // self.world_size
         return total if self.limit is None else min(total, self.limit)
+
+
+def _epoch_hook(dataset: Any) -> Callable[[int], None] | None:
+    """The dataset's `set_epoch`, looked up through `Subset`s (a federated client's part)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    hook = getattr(dataset, "set_epoch", None)
+    return hook if callable(hook) else None
 
 
 class ArrayDataset(Dataset):
@@ -223,6 +240,7 @@ class StreamData(L.LightningDataModule):
                 world_size=world,
                 limit=limit,
                 start=(start[0], start[1] * batch) if start else None,
+                on_epoch=_epoch_hook(dataset),
             )
         spec = self.loader
         workers = spec.workers
