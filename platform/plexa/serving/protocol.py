@@ -335,7 +335,8 @@ def choose_model(request: dict[str, Any], models: dict[str, ServedModel]) -> Ser
 def parse_predict(request: Any, models: dict[str, ServedModel]) -> tuple[ServedModel, np.ndarray]:
     """`{"model": NAME, "inputs": one sample or a list of samples, "normalised": false}`:
     raw values (as the data came, e.g. pixel intensities 0..16), normalised here unless
-    `normalised` is true. A sample may also be given flat."""
+    `normalised` is true. A sample may also be given flat; a table model's sample is a row,
+    `{"column": value, ...}` (see `encode_rows`)."""
     import numpy as np
 
     if not isinstance(request, dict):
@@ -352,6 +353,12 @@ def parse_predict(request: Any, models: dict[str, ServedModel]) -> tuple[ServedM
     if "inputs" not in request:
         raise BadRequest("inputs: missing (one sample, or a list of samples)")
     data = request["inputs"]
+    table = model.normalisation
+    if table.get("kind") == "table" and not normalised:
+        encoded = encode_rows(table, data).astype(info.dtype)
+        if not np.isfinite(encoded).all():
+            raise BadRequest("inputs: a value is out of range once normalised")
+        return model, encoded
     if not isinstance(data, list) or not data:
         raise BadRequest(f"inputs: must be a non-empty list of numbers, not {_kind(data)}")
     try:
@@ -381,6 +388,81 @@ def parse_predict(request: Any, models: dict[str, ServedModel]) -> tuple[ServedM
     if not np.isfinite(x).all():
         raise BadRequest("inputs: a value is out of range once normalised")
     return model, x
+
+
+def encode_rows(table: dict[str, Any], data: Any) -> np.ndarray:
+    """A table model's raw rows (`{"column": value}`: numbers, text, true/false, null) as its
+    inputs, encoded as the `table` data plugin encoded its training data (`table` is the
+    export's normalisation): a number standardised, a missing one imputed with the training
+    mean and flagged where training had missing values; a category one-hot, a value training
+    never saw in the unknown slot, a missing one in its own slot (the unknown one when
+    training had no missing values). A column left out is missing; the target is ignored."""
+    import numpy as np
+
+    rows = [data] if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows:
+        raise BadRequest(
+            "inputs: must be a row (an object of column: value) or a non-empty list of rows, "
+            f"not {_kind(data)}"
+        )
+    if len(rows) > MAX_ROWS:
+        raise BadRequest(f"inputs: {len(rows)} rows is more than {MAX_ROWS} per request")
+    columns = table.get("columns", [])
+    names = [c["name"] for c in columns]
+    known = {*names, table.get("target")}
+    slots = [{v: k for k, v in enumerate(c.get("values", []))} for c in columns]
+    width = sum(
+        1 + c["missing"] if c["type"] == "number" else len(c["values"]) + 1 + c["missing"]
+        for c in columns
+    )
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadRequest(f"inputs[{i}]: must be an object of column: value, not {_kind(row)}")
+        for key in row:
+            if key not in known:
+                raise BadRequest(
+                    f"inputs[{i}]: unknown column '{key}' (the model takes: {', '.join(names)})"
+                )
+        at = 0
+        for column, slot in zip(columns, slots, strict=True):
+            name, value = column["name"], row.get(column["name"])
+            if column["type"] == "number":
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        raise BadRequest(
+                            f"inputs[{i}].{name}: column '{name}' takes a number or null, "
+                            f"not {_kind(value)}"
+                        )
+                    try:
+                        out[i, at] = (float(value) - column["mean"]) / column["std"]
+                    except OverflowError:
+                        raise BadRequest(f"inputs[{i}].{name}: {value} is out of range") from None
+                if column["missing"]:
+                    out[i, at + 1] = value is None
+                at += 1 + column["missing"]
+                continue
+            unknown = len(slot)
+            if value is None:
+                index = unknown + 1 if column["missing"] else unknown
+            else:
+                text = _category(value, column["dtype"], f"inputs[{i}].{name}", name)
+                index = slot.get(text, unknown)
+            out[i, at + index] = 1.0
+            at += unknown + 1 + column["missing"]
+    return out
+
+
+def _category(value: Any, dtype: str, where: str, column: str) -> str:
+    """A category's value as the text training saw: true/false, whole numbers, text."""
+    if dtype == "bool" and isinstance(value, bool):
+        return "true" if value else "false"
+    if dtype == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and dtype != "bool":
+        return value
+    takes = {"bool": "true/false", "integer": "a whole number or text"}.get(dtype, "text")
+    raise BadRequest(f"{where}: column '{column}' takes {takes} or null, not {_kind(value)}")
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
