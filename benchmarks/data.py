@@ -188,20 +188,23 @@ def _contender(kind: str, folder: Path, workers: int, cap_mb: int, scratch: Path
     """Run one contender in its own process inside the cgroup; its figures and peak memory."""
     (CGROUP / "memory.max_usage_in_bytes").write_text("0")
     out = scratch / f"{kind}-{time.monotonic_ns()}.json"
+    call = (
+        f"hand_epoch({str(folder)!r}, {workers})"
+        if kind == "hand-written"
+        else f"plexa_epoch({str(folder)!r}, {workers}, {kind.split()[-1]!r}, {cap_mb})"
+    )
     code = (
-        "import json, sys; sys.path[:0] = [%r]; from data import hand_epoch, plexa_epoch; "
-        "r = %s; json.dump(r, open(%r, 'w'))"
-    ) % (
-        str(Path(__file__).parent),
-        f"hand_epoch({str(folder)!r}, {workers})" if kind == "hand-written"
-        else f"plexa_epoch({str(folder)!r}, {workers}, {kind.split()[-1]!r}, {cap_mb})",
-        str(out),
-    )  # fmt: skip
+        f"import json, sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; "
+        f"from data import hand_epoch, plexa_epoch; json.dump({call}, open({str(out)!r}, 'w'))"
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
            "PLEXA_RUNS_DIR": str(scratch / "runs")}  # fmt: skip
     started = time.perf_counter()
+    def enter_cgroup() -> None:  # in the child, before it runs anything
+        (CGROUP / "cgroup.procs").write_text(str(os.getpid()))
+
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=scratch,
-                            preexec_fn=lambda: (CGROUP / "cgroup.procs").write_text(str(os.getpid())))  # fmt: skip
+                            preexec_fn=enter_cgroup)  # fmt: skip
     code_ = proc.wait()
     wall = time.perf_counter() - started
     peak = int((CGROUP / "memory.max_usage_in_bytes").read_text()) / 2**20
@@ -264,7 +267,8 @@ def main() -> None:
             f"{codes} |"
         )
     if "plexa ray" in runs:
-        ratio = median("plexa ray", "samples_per_second") / median("plexa local", "samples_per_second")
+        local = median("plexa local", "samples_per_second")
+        ratio = median("plexa ray", "samples_per_second") / local
         lines += ["", f"Ray / local at the same cores: {ratio:.2f}x"]
     lines += ["", f"benchmark wall time: {time.perf_counter() - begun:,.0f} s", ""]
     args.out.write_text("\n".join(lines))

@@ -133,6 +133,25 @@ def test_each_rank_gets_an_equal_disjoint_share_of_a_seeded_epoch() -> None:
     assert list(resumed) == order(0)  # the epoch the trainer is in
 
 
+def test_a_blocked_shuffle_keeps_blocks_whole_and_ranks_even() -> None:
+    for world in (1, 2, 3):
+        shares = [
+            list(EpochOrder(1000, shuffle=True, seed=3, epoch=lambda: 2, rank=r, world_size=world,
+                            block=64))
+            for r in range(world)
+        ]  # fmt: skip
+        assert len({len(s) for s in shares}) == 1
+        everyone = [i for share in shares for i in share]
+        assert len(set(everyone)) == len(everyone) >= 1000 - 2 * 64
+        for share in shares:  # a block's samples come one after the other
+            blocks = [i // 64 for i in share]
+            changes = sum(a != b for a, b in zip(blocks, blocks[1:], strict=False))
+            assert changes < len(share) // 64 + 1
+    one = list(EpochOrder(1000, shuffle=True, seed=3, epoch=lambda: 2, rank=0, world_size=1,
+                          block=64))  # fmt: skip
+    assert one != sorted(one) and sorted(one) == list(range(1000))
+
+
 class Numbers(IterableDataset):
     def __init__(self, n: int) -> None:
         self.n = n

@@ -74,6 +74,9 @@ class Stream:
 
     dataset: Any
     labels: Any = None
+    # samples that are read together (a Parquet row group, a shard file): a training epoch
+    # then shuffles blocks of this many neighbouring indices, and the samples within each
+    block: int | None = None
 
     def __len__(self) -> int:
         if self.labels is not None:

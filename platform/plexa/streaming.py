@@ -53,7 +53,8 @@ class EpochOrder(Sampler[int]):
     The order is a permutation seeded by (seed, epoch), so it does not depend on what ran
     before; under several ranks each takes every `world_size`-th index, and training first cuts
     the permutation to a multiple of `world_size` so every rank runs the same number of steps.
-    `start` (epoch, samples) makes the first pass continue an interrupted epoch.
+    `start` (epoch, samples) makes the first pass continue an interrupted epoch; with `block`,
+    the shuffle keeps runs of `block` neighbouring samples together (`Stream.block`).
     """
 
     def __init__(
@@ -68,21 +69,39 @@ class EpochOrder(Sampler[int]):
         limit: int | None = None,
         start: tuple[int, int] | None = None,
         on_epoch: Callable[[int], None] | None = None,
+        block: int | None = None,
     ) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
         self.rank, self.world_size, self.limit, self.start = rank, world_size, limit, start
-        self.on_epoch = on_epoch
+        self.on_epoch, self.block = on_epoch, block
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = self.size
-        if self.shuffle:
+        if self.shuffle and self.block:
+            order = self._blocked(epoch)
+        elif self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=gen)
-            order = order[: n - n % self.world_size]
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
         else:
-            order = torch.arange(n)
-        order = order[self.rank :: self.world_size]
+            order = torch.arange(n)[self.rank :: self.world_size]
         return order[: self.limit] if self.limit is not None else order
+
+    def _blocked(self, epoch: int) -> torch.Tensor:
+        """Blocks in a seeded order, each rank every `world_size`-th of them, and the samples
+        of a block in a seeded order of their own: a reader decodes each block once per epoch.
+        Every rank stops at the shortest rank's length (the last block may be short)."""
+        n, block = self.size, int(self.block or 1)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        starts = torch.arange(0, n, block)[torch.randperm(-(-n // block), generator=gen)]
+        sizes = (n - starts).clamp(max=block)
+        shortest = min(int(sizes[r :: self.world_size].sum()) for r in range(self.world_size))
+        parts = []
+        mine = slice(self.rank, None, self.world_size)
+        for start, size in zip(starts[mine].tolist(), sizes[mine].tolist(), strict=True):
+            inner = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 7_919 + start)
+            parts.append(start + torch.randperm(size, generator=inner))
+        return torch.cat(parts)[:shortest] if parts else torch.empty(0, dtype=torch.long)
 
     def __iter__(self) -> Iterator[int]:
         epoch, skip = self.start or (self.epoch(), 0)
@@ -241,6 +260,7 @@ class StreamData(L.LightningDataModule):
                 limit=limit,
                 start=(start[0], start[1] * batch) if start else None,
                 on_epoch=_epoch_hook(dataset),
+                block=split.block if isinstance(split, Stream) else None,
             )
         spec = self.loader
         workers = spec.workers

@@ -1064,6 +1064,7 @@ def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
                 list(plan.features),
             ),
             y,
+            block=GROUP_ROWS,  # a row group's rows are decoded together
         )  # fmt: skip
         for rows, y in zip(targets.rows, ys, strict=True)
     ]
