@@ -41,7 +41,8 @@ PARITY_METRIC = "export/parity_max_abs_diff"
 _MEANING = {
     "classification": "logits over classes",
     "language-model": "next-token logits over the vocabulary",
-    "sequence": "forecast: the next values of the series (channel 0)",
+    "sequence": "forecast: the next values of the series (channel 0; channels 0..K-1 for K "
+    "targets, horizon-major)",
     "generative": "generated samples",
 }
 _REGRESSION_MEANING = "regression targets (normalised)"

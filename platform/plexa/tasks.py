@@ -186,16 +186,18 @@ class RegressionTask(TaskModule):
 
 class ForecastTask(RegressionTask):
     """`sequence`: forecasting. Inputs are windows (N, T, C); targets (N, H) are the next H
-    values of channel 0 in the input's units, so the naive forecast (the window's last value
-    of channel 0, held over the horizon) is scored on the same batches: `mse_vs_naive` is the
+    values of channel 0 in the input's units, or (N, H, K) those of channels 0..K-1 (outputs
+    are flat, horizon-major), so the naive forecast (each target channel's last value in the
+    window, held over the horizon) is scored on the same batches: `mse_vs_naive` is the
     network's mean squared error over the naive one's (below 1 beats it)."""
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         loss = super()._step(batch, stage)
         x, y = batch
         with torch.no_grad():
-            last = x.reshape(len(x), x.shape[1], -1)[:, -1, :1]  # (N, 1), broadcast over H
-            naive = ((last - y.reshape(len(y), -1)) ** 2).sum()
+            k = y.shape[-1] if y.ndim == 3 else 1
+            last = x.reshape(len(x), x.shape[1], -1)[:, -1, None, :k]  # (N, 1, K): held over H
+            naive = ((last - y.reshape(len(y), -1, k)) ** 2).sum()
             self._sums[stage].setdefault("naive_sse", []).append(naive)
         return loss
 
