@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -106,3 +107,18 @@ class CommitCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         for hook in self.after_save:
             hook(trainer)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Saves `path` when training stops on an exception (Ctrl-C included), wherever in the epoch
+    it is: with a loader whose position is in the checkpoint (`plexa.streaming`), a resumed run
+    continues at the next batch. Lightning's own `OnExceptionCheckpoint` would do the saving
+    too, but its presence makes every `fit` without `ckpt_path` look for a "last" checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        trainer.save_checkpoint(self.path)

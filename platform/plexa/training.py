@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from plexa.assembly import monitor as default_monitor
-from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink
+from plexa.callbacks import CommitCheckpoint, EpochReport, EpochSeed, EpochSink, SaveOnInterrupt
 from plexa.config import ComputeSpec, LoaderSpec, PipelineSpec, TrainSpec
 from plexa.errors import RunInterrupted, UserError
 from plexa.loaders import Chunks, DeviceBatches, to_tensors
@@ -189,7 +189,7 @@ def fit_and_test(
 ) -> Fitted:
     """The training every runner shares; runners differ only in `placement` (accelerator,
     devices, strategy, cluster plugins), `after_save` hooks and `prepare`."""
-    from lightning.pytorch.callbacks import EarlyStopping, OnExceptionCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     t = spec.train
     monitor = monitor or default_monitor(module)
@@ -213,7 +213,7 @@ def fit_and_test(
     cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed, per_batch=streaming), report]
     if streaming:
         # the loader's position is in the checkpoint: an interrupted run saves where it is
-        cbs.append(OnExceptionCheckpoint(run_dir / CHECKPOINTS, filename="last"))
+        cbs.append(SaveOnInterrupt(run_dir / CHECKPOINTS / "last.ckpt"))
     if t.early_stopping:
         es = t.early_stopping
         es_metric = es.monitor or metric
@@ -237,8 +237,8 @@ def fit_and_test(
         # Lightning turns Ctrl-C into a graceful teardown then sys.exit(1)
         if not fitter.interrupted:
             raise
-        last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else None
-        raise RunInterrupted(None, last) from None
+        saved = run_dir / CHECKPOINTS / "last.ckpt"  # an epoch's end, or where it stopped
+        raise RunInterrupted(None, saved if saved.exists() else None) from None
     finally:
         if threading.current_thread() is threading.main_thread():  # not so in a Ray worker
             signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored
