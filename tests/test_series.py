@@ -211,6 +211,7 @@ def test_a_run_scores_the_naive_forecast_of_each_target(workdir: Path) -> None:
     the test windows, each target against its own channel; the windows are streamed."""
     path = write(workdir, "csv")
     spec = _run_spec(path, targets=["level", "temp"], covariates=["clock"], memory_limit_mb=0)
+    spec = spec.model_copy(update={"export": spec.export.model_copy(update={"onnx": True})})
     assert isinstance(Series().load(spec.data_config(), 0).test, Stream)
     result = orchestrator.run(spec)
     in_memory = spec.data_config().model_copy(update={"memory_limit_mb": 256.0})
@@ -222,6 +223,21 @@ def test_a_run_scores_the_naive_forecast_of_each_target(workdir: Path) -> None:
     m = result.metrics
     assert m["test/naive_mse"] == pytest.approx(naive, rel=1e-5)
     assert m["test/mse_vs_naive"] == pytest.approx(m["test/mse"] / naive, rel=1e-5)
+
+    # served forecasts come back in the targets' own units, named by target and step
+    import onnxruntime as ort
+
+    from plexa.serving.model import load
+
+    served = load(result.export.path, "series", str(result.export.path))
+    x = np.ascontiguousarray(test.x[:3], dtype=np.float32)
+    out = ort.InferenceSession(str(result.export.path)).run(["output"], {"input": x})[0]
+    norm = Series().load(in_memory, 0).spec.target_normalisation
+    expected = out * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+    rows = served.readable(out)
+    assert list(rows[0]["values"]) == ["level t+1", "temp t+1", "level t+2", "temp t+2"]
+    got = np.array([list(r["values"].values()) for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ bad files

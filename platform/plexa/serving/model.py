@@ -185,7 +185,8 @@ class ServedModel:
         return ((raw - mean) / std).astype(self.inputs[0].dtype)
 
     def readable(self, output: np.ndarray) -> list[dict[str, Any]]:
-        """Per row: label and probabilities (classifier), values (regression), else raw."""
+        """Per row: label and probabilities (classifier), values in the targets' own units
+        (regression, forecasts), else raw."""
         import numpy as np
 
         if self.task == "classification":
@@ -201,7 +202,7 @@ class ServedModel:
                 }
                 for row in probs
             ]
-        if self.task == "regression":
+        if self.task in ("regression", "sequence"):
             norm = self.target_normalisation
             values = output * np.asarray(norm.get("std", 1.0)) + np.asarray(norm.get("mean", 0.0))
             names = self._json("target_names")
