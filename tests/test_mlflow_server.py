@@ -110,6 +110,7 @@ def test_a_pipeline_logs_everything_to_the_server(
     (workdir / "deploy" / "compose" / ".env").write_text(f"MLFLOW_ADMIN_PASSWORD={password}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    (workdir / "mlflow.db").unlink()  # the fixture's empty store: none, as a user would have
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,

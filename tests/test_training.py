@@ -104,12 +104,13 @@ def test_resume_refuses_a_changed_pipeline_or_a_finished_run(workdir: Path) -> N
 
 
 def test_ctrl_c_leaves_a_last_checkpoint_and_a_killed_run(workdir: Path) -> None:
-    # batch size 4 makes each epoch take about a second, time enough to press Ctrl-C
+    # batch size 4: many steps an epoch, so Ctrl-C lands in the middle of one
     args = [
         "run",
         str(PIPELINES / "digits-cnn.yaml"),
         "train.max_epochs=4",
         "train.batch_size=4",
+        "train.limit_batches=75",  # a few tenths of a second an epoch
         "export.onnx=false",
     ]
     proc = subprocess.Popen(
