@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS = 10  # fewer cannot be split into train, val and test
 GROUP_ROWS = 4096  # rows per row group that streaming reads (and decodes) at once
+# decoded row groups a reader keeps: a shuffled block of GROUP_ROWS of a split's rows spans a
+# few row groups (the split holds a share of each), so each is decoded once an epoch
+KEPT_GROUPS = 4
 _INFER_BYTES = 1 << 20  # CSV and JSON lines: column types come from the first block
 _PACKAGE = "package:"
 _EXTENSIONS = {
@@ -978,8 +981,9 @@ class TableRows:
     """One split's rows of Parquet files, each read with its row group and encoded when asked.
 
     Map-style (the core shuffles and shards it by index). Picklable for loader workers: files
-    are opened by the process that reads them, and the last decoded row group is kept there
-    (val and test read their rows in file order, so one group serves many rows)."""
+    are opened by the process that reads them, and the last few decoded row groups are kept
+    there (training shuffles blocks of neighbouring rows, val and test read in file order, so
+    one decoded group serves many rows)."""
 
     def __init__(
         self,
@@ -994,7 +998,7 @@ class TableRows:
         self.files, self.groups, self.starts = files, groups, starts
         self.rows, self.labels, self.spec, self.columns = rows, labels, spec, columns
         self._open: dict[int, Any] = {}
-        self._decoded: tuple[int, np.ndarray] | None = None
+        self._decoded: dict[int, np.ndarray] = {}  # row group -> its encoded rows, LRU order
         self._encoder: Encoder | None = None
 
     def __len__(self) -> int:
@@ -1006,7 +1010,8 @@ class TableRows:
         return self._group(group)[row - int(self.starts[group])].copy(), self.labels[i]
 
     def _group(self, group: int) -> np.ndarray:
-        if self._decoded is None or self._decoded[0] != group:
+        decoded = self._decoded.pop(group, None)
+        if decoded is None:
             import pyarrow.parquet as pq
 
             file, index = (int(v) for v in self.groups[group])
@@ -1015,11 +1020,14 @@ class TableRows:
             if self._encoder is None:
                 self._encoder = Encoder(self.spec)
             table = self._open[file].read_row_group(index, columns=self.columns)
-            self._decoded = (group, self._encoder(table))
-        return self._decoded[1]
+            decoded = self._encoder(table)
+            if len(self._decoded) >= KEPT_GROUPS:
+                del self._decoded[next(iter(self._decoded))]  # the least recently used
+        self._decoded[group] = decoded
+        return decoded
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_open": {}, "_decoded": None, "_encoder": None}
+        return {**self.__dict__, "_open": {}, "_decoded": {}, "_encoder": None}
 
 
 def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
