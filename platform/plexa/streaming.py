@@ -90,18 +90,23 @@ class EpochOrder(Sampler[int]):
     def _blocked(self, epoch: int) -> torch.Tensor:
         """Blocks in a seeded order, each rank every `world_size`-th of them, and the samples
         of a block in a seeded order of their own: a reader decodes each block once per epoch.
-        Every rank stops at the shortest rank's length (the last block may be short)."""
+        Every rank stops at `_blocked_length`, the same in every epoch."""
         n, block = self.size, int(self.block or 1)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         starts = torch.arange(0, n, block)[torch.randperm(-(-n // block), generator=gen)]
-        sizes = (n - starts).clamp(max=block)
-        shortest = min(int(sizes[r :: self.world_size].sum()) for r in range(self.world_size))
         parts = []
-        mine = slice(self.rank, None, self.world_size)
-        for start, size in zip(starts[mine].tolist(), sizes[mine].tolist(), strict=True):
+        for start in starts[self.rank :: self.world_size].tolist():
             inner = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 7_919 + start)
-            parts.append(start + torch.randperm(size, generator=inner))
-        return torch.cat(parts)[:shortest] if parts else torch.empty(0, dtype=torch.long)
+            parts.append(start + torch.randperm(min(block, n - start), generator=inner))
+        order = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        return order[: self._blocked_length()]
+
+    def _blocked_length(self) -> int:
+        """What every rank gets whichever blocks it drew: its share of whole blocks, less the
+        part the one short block lacks (a rank may hold it)."""
+        n, block = self.size, int(self.block or 1)
+        blocks = -(-n // block)
+        return max(blocks // self.world_size * block - (blocks * block - n), 0)
 
     def __iter__(self) -> Iterator[int]:
         epoch, skip = self.start or (self.epoch(), 0)
@@ -116,7 +121,15 @@ class EpochOrder(Sampler[int]):
             self.on_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self._order(0))
+        """Without drawing an order: Lightning asks for it at every epoch."""
+        n, world = self.size, self.world_size
+        if self.shuffle and self.block:
+            length = self._blocked_length()
+        elif self.shuffle:
+            length = n // world
+        else:
+            length = len(range(self.rank, n, world))
+        return length if self.limit is None else min(length, self.limit)
 
 
 class IterableShard(IterableDataset):

@@ -269,7 +269,7 @@ class Images(DataPlugin):
             class_names=names,
             normalisation=_normalisation(config, channels),
         )
-        return DataSplits(spec, *streams)
+        return DataSplits(spec, *streams, source=str(config.manifest or config.path))
 
 
 def _normalisation(config: Images.Config, channels: int) -> dict[str, Any]:

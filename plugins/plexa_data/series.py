@@ -142,7 +142,7 @@ class Series(DataPlugin):
                 "std": np.tile(std[:k], config.horizon).tolist(),
             },
         )
-        return DataSplits(spec, *splits)
+        return DataSplits(spec, *splits, source=str(config.path))
 
 
 # ------------------------------------------------------------------ the rows, checked

@@ -61,6 +61,7 @@ larger one has its headers checked then, and its values as the first pass reads 
 from __future__ import annotations
 
 import csv as _csv
+import dataclasses
 import functools
 import glob as _glob
 import hashlib
@@ -1119,6 +1120,5 @@ class Table(DataPlugin):
 
     def load(self, config: Config, seed: int) -> DataSplits:
         plan = _plan(config)  # again: the files may have changed since validation
-        if _size_mb(plan.files) > config.memory_limit_mb:
-            return _streamed(plan, config, seed)
-        return _in_memory(plan, config, seed)
+        load = _streamed if _size_mb(plan.files) > config.memory_limit_mb else _in_memory
+        return dataclasses.replace(load(plan, config, seed), source=config.path)

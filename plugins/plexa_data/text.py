@@ -28,6 +28,7 @@ finds it, and is logged with the run as `data/tokenizer.json`.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -130,9 +131,8 @@ class Text(DataPlugin):
 
     def load(self, config: Config, seed: int) -> DataSplits:
         text = read_text(config.path, config.max_chars)
-        if config.tokenizer == "bpe":
-            return _load_bpe(config, text)
-        return _load_chars(config, text)
+        splits = _load_bpe(config, text) if config.tokenizer == "bpe" else _load_chars(config, text)
+        return dataclasses.replace(splits, source=config.path)  # None: the built-in corpus
 
 
 def _load_chars(config: Text.Config, text: str) -> DataSplits:
