@@ -194,6 +194,7 @@ def start_mlflow_server(backend_uri: str, folder: Path, *, auth: bool = False) -
     # the store URI holds the database password: passed in the environment, not on the command
     # line, as the compose stack does
     env["MLFLOW_BACKEND_STORE_URI"] = backend_uri
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as deploy/compose: see its comment
     credentials = None
     if auth:
         credentials = ("admin", secrets.token_hex(16))

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .conftest import BIN, PIPELINES, plexa
@@ -114,6 +115,10 @@ def test_ui_serves_the_mlflow_dashboard_on_loopback(workdir: Path) -> None:
                 assert time.monotonic() < deadline, "the dashboard did not come up"
                 time.sleep(0.5)
         assert page.status == 200 and "mlflow" in body.lower()
+        # without MLflow's GenAI job runner: its Huey consumers are seven processes importing
+        # MLflow, for nothing a training dashboard shows
+        tree = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert tree and not [c for c in tree if "huey" in c or "_job_runner" in c], tree
     finally:
         proc.terminate()
         proc.wait(timeout=30)

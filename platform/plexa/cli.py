@@ -174,11 +174,11 @@ def run(
     from plexa.errors import RunInterrupted
     from plexa.events import printer
 
-    runner = runners.for_pipeline(spec)
-    if resume:  # an unknown run fails now, not after seconds of loading data and the model
+    if resume:  # an unknown run fails now, before the runner's import and loading the data
         from plexa.tracking import get_run
 
         get_run(resume, spec.tracking.uri)
+    runner = runners.for_pipeline(spec)
     console = _console()
     rank_zero = _is_rank_zero()
     if rank_zero:
@@ -306,6 +306,9 @@ def ui(
         "--port",
         str(port),
     ]
+    # MLflow's job runner (a Huey consumer per GenAI job type: seven processes, each importing
+    # MLflow) serves judges and prompt optimisation, none of which a training dashboard uses
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     sys.stdout.flush()
     os.execv(sys.executable, args)
 
