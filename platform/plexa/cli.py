@@ -6,6 +6,7 @@ handler prints its message and exits with its code; `--debug` adds the traceback
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -31,6 +32,11 @@ class _Handled(TyperGroup):
     code, Ctrl-C "interrupted" and 130; anything else is a bug and keeps its traceback. It is
     the command group, so every command goes through it, in tests with `CliRunner` too."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for command in self.commands.values():
+            _tidy_help(command)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -49,6 +55,35 @@ class _Handled(TyperGroup):
             raise typer.Exit(error.exit_code) from None
 
 
+def _tidy_help(command: click.Command) -> None:
+    """Two fixes to what a command's `--help` shows.
+
+    A docstring's line breaks: Typer's help keeps them after the first paragraph, so each
+    paragraph is joined into one line here and the terminal wraps it.
+
+    Each argument's `typer.Argument(help=...)`: Typer 0.20 sets it before click 8.5's
+    `Parameter.__init__` runs, which sets `help` again (to None: Typer passes none), so the
+    Arguments panel would show no text; it is read back from the function's annotations."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(" ".join(p.split("\n")) for p in paragraphs)
+    if command.callback is None or all(getattr(p, "help", None) for p in command.params):
+        return
+    from typer.utils import get_params_from_function
+
+    declared = get_params_from_function(command.callback)
+    for param in command.params:
+        meta = declared.get(param.name or "")
+        if not getattr(param, "help", None) and meta is not None:
+            param.help = getattr(meta.default, "help", None)
+
+
+def _examples(*lines: str) -> str:
+    """An `Examples:` epilog, one command a line. Typer's help joins the lines of a paragraph
+    into one, so each command is a paragraph of its own."""
+    return "\n\n".join(["Examples:", *lines])
+
+
 def _wrapped(exc: Exception) -> PlexaError | None:
     """A PlexaError that Ray Train wrapped: a WorkerGroupError holds each failed worker's error
     (a DataError while a worker loads the data) in `worker_failures`."""
@@ -63,7 +98,14 @@ def _wrapped(exc: Exception) -> PlexaError | None:
 app = typer.Typer(
     name="plexa",
     cls=_Handled,
-    help="Train neural networks from YAML pipelines: Lightning, MLflow, ONNX.",
+    help="Train neural networks from YAML pipelines: Lightning, MLflow, ONNX.\n\n"
+    "A pipeline names a data plugin, a model plugin and how to train, track and export; "
+    "`plexa COMMAND --help` describes a command's arguments and options, with examples.",
+    epilog=_examples(
+        "plexa validate pipelines/digits-cnn.yaml",
+        "plexa run pipelines/digits-cnn.yaml train.max_epochs=3",
+        "plexa serve models:/digits-cnn/1",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -80,10 +122,19 @@ def _options(
     """Options before the command; `_Handled` reads `--debug` from the context."""
 
 
-Pipeline = Annotated[Path, typer.Argument(help="A pipeline YAML file.", show_default=False)]
+Pipeline = Annotated[
+    Path,
+    typer.Argument(
+        help="A pipeline YAML file, such as pipelines/digits-cnn.yaml.", show_default=False
+    ),
+]
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(help="Overrides such as train.max_epochs=2.", show_default=False),
+    typer.Argument(
+        help="Changes to the pipeline as KEY=VALUE, the key dotted and the value YAML: "
+        "train.max_epochs=2 model.params.dropout=0.2.",
+        show_default=False,
+    ),
 ]
 TrackingUri = Annotated[
     str | None,
@@ -120,16 +171,32 @@ def _is_rank_zero() -> bool:
     return global_rank() == 0
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa validate pipelines/digits-cnn.yaml",
+        "plexa validate pipelines/wine-mlp.yaml train.max_epochs=5 train.seed=1",
+    )
+)
 def validate(pipeline: Pipeline, overrides: Overrides = None) -> None:
-    """Check a pipeline and every plugin's params; print the resolved pipeline."""
+    """Check a pipeline and every plugin's params; print the resolved pipeline.
+
+    Nothing is trained or logged. The file is read, the overrides applied and each plugin's
+    params checked; an invalid pipeline exits with status 2 and names every field at fault."""
     spec = _load(pipeline, overrides)
     console = _console()
     console.print(spec.to_yaml(), end="", markup=False)
     console.print(f"[green]valid[/green]: {pipeline} (task: {spec.task()})")
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa run pipelines/digits-cnn.yaml",
+        "plexa run pipelines/digits-cnn.yaml train.max_epochs=3",
+        "plexa run pipelines/iris-csv.yaml train.optimizer.lr=0.01 train.seed=1",
+        "plexa run pipelines/digits-cnn.yaml --resume RUN_ID",
+        "plexa run --from RUN_ID train.max_epochs=10",
+    )
+)
 def run(
     pipeline: Annotated[
         str | None,
@@ -138,7 +205,11 @@ def run(
     overrides: Overrides = None,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="Continue this MLflow run from its last checkpoint."),
+        typer.Option(
+            "--resume",
+            help="Continue this MLflow run (its id) from its last checkpoint.",
+            show_default=False,
+        ),
     ] = None,
     from_run: Annotated[
         str | None,
@@ -153,8 +224,9 @@ def run(
 ) -> None:
     """Train, test, track and export a pipeline.
 
-    Examples: `plexa run pipelines/digits-cnn.yaml train.max_epochs=3`;
-    `plexa run --from RUN_ID` reruns a run's logged pipeline."""
+    The runner is the one the pipeline asks for (its federated: or sweep: section, else
+    compute.runner: local by default, or ray). Its params, metrics, test results and
+    checkpoints are logged to MLflow, and the ONNX export (parity checked) when export: asks."""
     if from_run:
         from plexa.tracking import pipeline_of
 
@@ -225,9 +297,12 @@ def _summary(console: Console, pipeline: object, result: RunResult) -> None:
     console.print(f"dashboard: plexa ui    rerun: plexa run --from {result.run_id}")
 
 
-@app.command()
+@app.command(epilog=_examples("plexa plugins"))
 def plugins() -> None:
-    """List every architecture and data plugin, and whether it loads."""
+    """List every architecture and data plugin, and whether it loads.
+
+    Each plugin is loaded to check it: the table shows its name, kind, the distribution and
+    version that provide it, and ok or the error that loading it raised."""
     from rich.table import Table
 
     from plexa.plugins import all_plugins
@@ -239,12 +314,14 @@ def plugins() -> None:
     _console().print(table)
 
 
-@app.command()
+@app.command(epilog=_examples("plexa runs", "plexa runs -n 5 --tracking-uri http://127.0.0.1:5000"))
 def runs(
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs to list.")] = 20,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Recent plexa runs with their main metrics."""
+    """Recent plexa runs with their main metrics.
+
+    Newest first, across every experiment of the store; only runs plexa started are listed."""
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
@@ -259,12 +336,19 @@ def runs(
     _console().print(table)
 
 
-@app.command()
+@app.command(
+    epilog=_examples("plexa export RUN_ID", "plexa export RUN_ID --tracking-uri ./mlflow.db")
+)
 def export(
-    run_id: Annotated[str, typer.Argument(help="An MLflow run id.", show_default=False)],
+    run_id: Annotated[
+        str, typer.Argument(help="An MLflow run id (plexa runs lists them).", show_default=False)
+    ],
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Export a run's best checkpoint to ONNX again, check parity, log and register it."""
+    """Export a run's best checkpoint to ONNX again, check parity, log and register it.
+
+    The model is rebuilt from the pipeline the run logged and its best checkpoint (else its
+    last); the ONNX file is logged to the same run and registered as its export section says."""
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
@@ -281,7 +365,9 @@ def export(
     )
 
 
-@app.command()
+@app.command(
+    epilog=_examples("plexa ui", "plexa ui --port 5001 --tracking-uri sqlite:///mlflow.db")
+)
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface; keep 127.0.0.1 unless you add auth.")] = (
@@ -289,7 +375,9 @@ def ui(
     ),
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Open the MLflow dashboard over the same store plexa logs to."""
+    """Open the MLflow dashboard over the same store plexa logs to.
+
+    It runs `mlflow ui` on that store in this terminal until Ctrl-C."""
     from plexa.tracking import resolve_uri
 
     uri = resolve_uri(tracking_uri)
@@ -331,10 +419,23 @@ JobsToken = Annotated[
         show_default=False,
     ),
 ]
-JobId = Annotated[str, typer.Argument(help="A Ray job (submission) id.", show_default=False)]
+JobId = Annotated[
+    str,
+    typer.Argument(
+        help="A Ray job (submission) id, as plexa submit and plexa jobs print it.",
+        show_default=False,
+    ),
+]
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa submit pipelines/digits-cnn.yaml --address http://127.0.0.1:8265",
+        "plexa submit pipelines/wine-mlp.yaml compute.runner=ray --no-wait",
+        "plexa submit pipelines/wine-mlp.yaml tracking.uri=http://mlflow:5000",
+        "plexa submit pipelines/wine-mlp.yaml --env PLEXA_DEBUG=1",
+    )
+)
 def submit(
     pipeline: Pipeline,
     overrides: Overrides = None,
@@ -342,13 +443,24 @@ def submit(
     token: JobsToken = None,
     env: Annotated[
         list[str] | None,
-        typer.Option("--env", help="KEY=VALUE for the job's environment (repeatable)."),
+        typer.Option(
+            "--env",
+            help="KEY=VALUE for the job's environment (repeatable).",
+            show_default=False,
+        ),
     ] = None,
     wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Follow the job's logs until it ends.")
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Follow the job's logs until it ends; --no-wait returns once it is submitted.",
+        ),
     ] = True,
 ) -> None:
-    """Run a pipeline on a Ray cluster as a Ray job; exit with its outcome (0: SUCCEEDED)."""
+    """Run a pipeline on a Ray cluster as a Ray job; exit with its outcome (0: SUCCEEDED).
+
+    The pipeline is validated here and sent resolved (overrides applied, paths absolute).
+    Ctrl-C while following detaches: the job keeps running on the cluster."""
     spec = _load(pipeline, overrides)
     from plexa import jobs
 
@@ -387,9 +499,13 @@ def submit(
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
-@app.command(name="jobs")
+@app.command(
+    name="jobs", epilog=_examples("plexa jobs", "plexa jobs --address http://127.0.0.1:8265")
+)
 def jobs_(address: JobsAddress = None, token: JobsToken = None) -> None:
-    """The Ray cluster's jobs, newest first: id, status, entrypoint, start time."""
+    """The Ray cluster's jobs, newest first: id, status, entrypoint, start time.
+
+    Every job the cluster's jobs API knows is listed, those plexa did not submit too."""
     from rich.table import Table
     from rich.text import Text
 
@@ -404,16 +520,24 @@ def jobs_(address: JobsAddress = None, token: JobsToken = None) -> None:
     _console().print(table)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa logs JOB_ID --follow",
+        "plexa logs plexa-digits-cnn-1a2b3c4d --address http://127.0.0.1:8265",
+    )
+)
 def logs(
     job_id: JobId,
     address: JobsAddress = None,
     token: JobsToken = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing until the job ends, then its status."),
     ] = False,
 ) -> None:
-    """Print a Ray job's logs."""
+    """Print a Ray job's logs.
+
+    Without --follow, what the job has written so far is printed once."""
     from plexa import jobs
 
     console = _console()
@@ -431,7 +555,13 @@ def logs(
         sys.stdout.write(jobs.logs(client, job_id))
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa federate pipelines/digits-federated.yaml",
+        "plexa federate pipelines/digits-federated.yaml --set federated.rounds=5",
+        "plexa federate pipelines/digits-federated.yaml --deploy",
+    )
+)
 def federate(
     pipeline: Pipeline,
     overrides: Overrides = None,
@@ -445,11 +575,18 @@ def federate(
     ] = False,
     sets: Annotated[
         list[str] | None,
-        typer.Option("--set", help="An override such as federated.rounds=3 (repeatable)."),
+        typer.Option(
+            "--set",
+            help="An override such as federated.rounds=3 (repeatable); the same as one given "
+            "after PIPELINE.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Train a pipeline in federated Flower rounds; its `federated:` section (or the
-    defaults) says how many clients, rounds, which strategy and partitioning."""
+    """Train a pipeline in federated Flower rounds.
+
+    Its federated: section (or the defaults) says how many clients and rounds, which
+    strategy and how the data is partitioned among the clients."""
     spec = _load(pipeline, [*(overrides or []), *(sets or [])])
     from plexa.quiet import quiet_libraries
 
@@ -498,29 +635,53 @@ def _export_file(target: str, tracking_uri: str | None) -> Path:
     return exported
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa generate RUN_ID --n 16 --out digits.png",
+        'plexa generate RUN_ID --prompt "def " --temperature 0.8 --top-k 10',
+        "plexa generate plexa-runs/RUN_ID/export/model.onnx --seed 1",
+    )
+)
 def generate(
     target: Annotated[
-        str, typer.Argument(help="An ONNX export (file or folder) or a run id.", show_default=False)
+        str,
+        typer.Argument(
+            help="An ONNX export (the .onnx file or the folder holding model.onnx) or a run id "
+            "whose export is on this machine.",
+            show_default=False,
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Image generators: PNG grid.")] = Path(
-        "samples.png"
-    ),
-    n: Annotated[int, typer.Option("--n", min=1, help="Image generators: samples.")] = 64,
-    prompt: Annotated[str, typer.Option("--prompt", help="Language models: the start.")] = "",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Image generators: the PNG grid to write.")
+    ] = Path("samples.png"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Image generators: how many samples.")] = 64,
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="Language models: the text to continue.")
+    ] = "",
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", min=1, help="Language models: length.")
+        int,
+        typer.Option("--max-new-tokens", min=1, help="Language models: how many tokens to add."),
     ] = 200,
     temperature: Annotated[
-        float, typer.Option("--temperature", min=0.0, help="Language models: sampling temperature.")
+        float,
+        typer.Option(
+            "--temperature",
+            min=0.0,
+            help="Language models: sampling temperature; 0: the likeliest token each time.",
+        ),
     ] = 1.0,
     top_k: Annotated[
         int, typer.Option("--top-k", min=0, help="Language models: the k likeliest only; 0: all.")
     ] = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same samples.")
+    ] = 0,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """New samples from an export: a PNG grid (gan, vae, diffusion) or text (language models)."""
+    """New samples from an export: a PNG grid (gan, vae, diffusion) or text (language models).
+
+    The export runs on ONNX Runtime; its metadata says which kind it is, so the image options
+    apply to generators and the text options to language models."""
     import json
 
     path = _export_file(target, tracking_uri)
@@ -554,7 +715,14 @@ def generate(
 # --------------------------------------------------------------------------- serve
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa serve models:/digits-cnn/1",
+        "plexa serve digits=models:/digits-cnn@champion --port 8080",
+        "plexa serve plexa-runs/RUN_ID/export/model.onnx --no-batching",
+        "plexa serve RUN_ID --ray --replicas 2",
+    )
+)
 def serve(
     targets: Annotated[
         list[str],
@@ -596,7 +764,10 @@ def serve(
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas (with --ray).")] = 1,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page."""
+    """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page.
+
+    Models run on ONNX Runtime; requests that arrive together are merged into one call unless
+    --no-batching. SIGTERM stops it once the requests in flight are answered."""
     from plexa.serving import ServeOptions
     from plexa.serving import serve as run_server
 
@@ -627,7 +798,12 @@ def serve(
 # --------------------------------------------------------------------------- sync
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "plexa sync",
+        "plexa sync --from plexa-runs/offline/mlflow.db --to http://127.0.0.1:5000",
+    )
+)
 def sync(
     source: Annotated[
         str | None,
@@ -646,7 +822,10 @@ def sync(
         ),
     ] = None,
 ) -> None:
-    """Copy runs that failed over to the local store (server unreachable) to the server."""
+    """Copy runs that failed over to the local store (server unreachable) to the server.
+
+    A run whose MLflow server stops answering keeps logging to a local store; this copies
+    each such run to its server once it is back. A run already copied is skipped."""
     from plexa.quiet import quiet_libraries
 
     quiet_libraries()
