@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -113,7 +114,6 @@ def test_a_key_without_a_description_is_found() -> None:
 
 def test_the_reference_has_every_key_with_its_type_default_and_allowed_values() -> None:
     from plexa.config import PipelineSpec
-    from plexa.plugins import architectures, datasets
 
     ref = hooks()
     pipeline = ref.generate("pipeline")
@@ -125,10 +125,12 @@ def test_the_reference_has_every_key_with_its_type_default_and_allowed_values() 
     assert "integer or string | `auto` | `auto` |" in devices
     assert "| `federated.privacy.clipping_norm` | number | required | > 0 |" in pipeline
     models, data = ref.generate("architectures"), ref.generate("data")
-    for name in architectures.names():
-        assert f"### `{name}`" in models
-    for name in datasets.names():
-        assert f"### `{name}`" in data
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    for kind, page in (("architectures", models), ("data", data)):
+        own = [name for name, _ in ref._plugins(kind)]
+        assert own == sorted(declared[f"plexa.{kind}"]), own  # plexa's own, every one of them
+        for name in own:
+            assert f"### `{name}`" in page
     assert "| `model.params.kernel_size` | integer | `3` | ≥ 1 |" in models
     assert "| `data.params.augment.crop.padding` | integer | `0` | ≥ 0 |" in data
     assert "The keys of [`table`](#table)." in data  # csv is table under its first name

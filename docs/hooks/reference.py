@@ -210,10 +210,17 @@ def pipeline_page() -> str:
 
 
 def _plugins(kind: str) -> Iterator[tuple[str, type]]:
+    """plexa's own plugins of a kind (`architectures`, `data`), by name: the ones its
+    distribution declares, not whatever else the environment has installed."""
+    from importlib.metadata import entry_points
+
     from plexa.plugins import architectures, datasets
 
     registry = architectures if kind == "architectures" else datasets
-    for name in registry.names():
+    own = {
+        ep.name for ep in entry_points(group=registry.group) if ep.dist and ep.dist.name == "plexa"
+    }
+    for name in sorted(own):
         yield name, registry.get(name)
 
 
@@ -245,7 +252,7 @@ def generate(what: str) -> str:
 
 
 def undescribed() -> list[str]:
-    """Every key of the pipeline schema and of every plugin's Config without a description."""
+    """Every key of the pipeline schema and of plexa's plugins' Configs without a description."""
     from plexa.config import PipelineSpec
 
     found = [r.key for r in rows(PipelineSpec) if not r.description]
