@@ -39,5 +39,10 @@ bench: setup
 ui: setup
 	$(BIN)/plexa ui
 
+# the documentation site (mkdocs.yml, docs/) into site/; `make test` builds it too (tests/test_docs.py)
+.PHONY: docs
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) mlflow.db mlruns plexa-runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) mlflow.db mlruns plexa-runs .pytest_cache .ruff_cache site

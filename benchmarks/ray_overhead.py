@@ -1,6 +1,6 @@
 """Where a Ray run's per-epoch time goes: the worker's own speed, and who else takes the cores.
 
-Two measurements behind the README's reading of `benchmarks/scaling.py`:
+Two measurements behind the documentation's reading of `benchmarks/scaling.py`:
 
 - compute: the same small CNN training loop (50 steps, batch 64, 8x8 inputs; torch's default
   threads, or `--threads`) timed in a plain process and in a bare Ray Train worker holding

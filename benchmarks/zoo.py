@@ -5,12 +5,12 @@ tests and benchmarks), one full `plexa run` on this machine's CPU, in a fresh pr
 fresh working folder with its own MLflow store. The table has the family, the data, the metric
 and its bar, what the run reached, its wall time, the network's parameter count and the ONNX
 export's parity difference. It goes to benchmarks/results/zoo.md (rows also in zoo.json, so
-`--only` can re-measure a few pipelines and keep the rest) and into the README between the
-`zoo` markers.
+`--only` can re-measure a few pipelines and keep the rest), which the documentation site's
+model-zoo page includes.
 
 Bars are the issue's acceptance thresholds; the benchmark reports, it never fails a build.
 
-    .venv/bin/python benchmarks/zoo.py [--only NAME ...] [--no-readme]
+    .venv/bin/python benchmarks/zoo.py [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
-START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 
 FAMILIES = {
     "mlp": "feedforward",
@@ -205,7 +203,7 @@ def machine() -> str:
     )
 
 
-def write(rows: list[Row], update_readme: bool, note: str = "") -> None:
+def write(rows: list[Row], note: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "zoo.json"
     kept = {r["pipeline"]: r for r in (json.loads(store.read_text()) if store.exists() else [])}
@@ -226,12 +224,6 @@ def write(rows: list[Row], update_readme: bool, note: str = "") -> None:
         + "\n"
     )
     (RESULTS / "zoo.md").write_text("# Model zoo\n\n" + body)
-    if update_readme and README.exists():
-        text = README.read_text()
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            _, tail = rest.split(END, 1)
-            README.write_text(f"{head}{START}\n{body}{END}{tail}")
 
 
 def _order(row: Row) -> tuple[int, str]:
@@ -245,7 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="Just these pipelines.")
     parser.add_argument("--timeout", type=float, default=1800, help="Seconds per pipeline.")
-    parser.add_argument("--no-readme", action="store_true", help="Leave README.md alone.")
     parser.add_argument("--note", default="", help="A sentence on how this run was made.")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process's mode
     args = parser.parse_args(argv)
@@ -263,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<22} {row.seconds:7.1f}s  {status}", flush=True)
         rows.append(row)
         # after each pipeline: a long run leaves partial results
-        write(rows, not args.no_readme, args.note)
+        write(rows, args.note)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ SECRET_NAMES = re.compile(r"PASSWORD|TOKEN|SECRET|STORE_URI", re.I)
 def readme_blocks() -> list[tuple[str, str]]:
     """Every fenced bash block of deploy/README.md with the marker comment above it."""
     text = (DEPLOY / "README.md").read_text()
-    return re.findall(r"(?:<!-- (.*?) -->\n)?```bash\n(.*?)```", text, re.S)
+    return re.findall(r"(?:<!-- ([^\n]*?) -->\n)?```bash\n(.*?)```", text, re.S)
 
 
 def readme_block(name: str) -> str:

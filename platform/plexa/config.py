@@ -45,76 +45,136 @@ class _Strict(BaseModel):
 
 
 class PluginRef(_Strict):
-    plugin: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    plugin: str = Field(
+        description="The plugin's registered name (`plexa plugins` lists them); an unknown "
+        "name is refused with the available ones."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The plugin's own keys, checked by its `Config` (listed per plugin below); "
+        "unknown keys are an error.",
+    )
 
 
 class LoaderSpec(_Strict):
     """The DataLoader that reads a streaming data plugin's splits (in-memory splits need none)."""
 
-    workers: int = Field(0, ge=0)  # loader processes; 0 reads in the training process
-    prefetch: int = Field(2, ge=1)  # batches each worker reads ahead
-    pin_memory: bool = False  # page-locked batches for faster copies to a GPU
-    # keep the workers between epochs (they then keep the dataset's state of the first one)
-    persistent_workers: bool = False
+    workers: int = Field(0, ge=0, description="Loader processes; 0 reads in the training process.")
+    prefetch: int = Field(
+        2, ge=1, description="Batches each worker reads ahead (with `workers` above 0)."
+    )
+    pin_memory: bool = Field(False, description="Page-locked batches, for faster copies to a GPU.")
+    persistent_workers: bool = Field(
+        False,
+        description="Keep the loader processes between epochs (they then keep the dataset's "
+        "state of the first epoch).",
+    )
 
 
 class DataRef(PluginRef):
-    loader: LoaderSpec = Field(default_factory=LoaderSpec)
+    loader: LoaderSpec = Field(
+        default_factory=LoaderSpec,
+        description="How a streamed split is read (in-memory splits ignore it).",
+    )
 
 
 class OptimizerSpec(_Strict):
-    name: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    name: Literal["adam", "adamw", "sgd"] = Field("adamw", description="The torch optimiser.")
+    lr: float = Field(1e-3, gt=0, description="The base learning rate (schedules scale it).")
+    weight_decay: float = Field(0.0, ge=0, description="The optimiser's weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum; sgd only.")
 
 
 class SchedulerSpec(_Strict):
     """Stepped every optimiser step; `warmup_epochs` ramps the rate linearly from zero."""
 
-    name: Literal["none", "cosine", "step", "onecycle"] = "none"
-    warmup_epochs: float = Field(0.0, ge=0)
-    min_lr: float = Field(0.0, ge=0)  # cosine floor
-    step_epochs: int = Field(10, ge=1)  # step: decay every this many epochs
-    gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
+    name: Literal["none", "cosine", "step", "onecycle"] = Field(
+        "none",
+        description="The learning-rate schedule after warm-up: constant, cosine decay to "
+        "`min_lr`, a step decay by `gamma` every `step_epochs`, or one-cycle (a rise over 30% "
+        "of the steps unless `warmup_epochs` is set, then cosine decay).",
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="Epochs (fractions allowed) of linear warm-up from zero."
+    )
+    min_lr: float = Field(0.0, ge=0, description="cosine: the rate it decays to.")
+    step_epochs: int = Field(10, ge=1, description="step: decay every this many epochs.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: the decay factor.")
 
 
 class EarlyStoppingSpec(_Strict):
-    monitor: str | None = None  # default: the checkpoint metric
-    patience: int = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0)
+    monitor: str | None = Field(
+        None, description="The metric watched; default: the checkpoint metric (`train.monitor`)."
+    )
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="The smallest change that counts as one.")
 
 
 class TrainSpec(_Strict):
-    max_epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    # validation and test batches; default: the training batch size, at least 1024 (metrics
-    # are sums over the split, so only speed depends on it)
-    eval_batch_size: int | None = Field(None, ge=1)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    early_stopping: EarlyStoppingSpec | None = None
-    seed: int = 0
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
-    gradient_clip: float | None = Field(None, gt=0)
-    monitor: str | None = None  # checkpoint metric; default val/acc (classification) or val/loss
-    limit_batches: int | None = Field(None, ge=1)  # per epoch, for smoke tests
+    max_epochs: int = Field(10, ge=1, description="Epochs to train (unless stopped early).")
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    eval_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Validation and test batch size; default: the training batch size, at "
+        "least 1024 for in-memory splits. Metrics are sums over the split, so only speed "
+        "depends on it.",
+    )
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="The optimiser.")
+    scheduler: SchedulerSpec = Field(
+        default_factory=SchedulerSpec, description="The learning-rate schedule, per step."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="Stop when a metric stops improving; absent: train every epoch."
+    )
+    seed: int = Field(
+        0, description="Seeds weights, shuffling and dropout (per epoch, so a resume matches)."
+    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = Field(
+        "32-true", description="Lightning's numeric precision."
+    )
+    gradient_clip: float | None = Field(
+        None, gt=0, description="Clip the gradients' norm to this; absent: no clipping."
+    )
+    monitor: str | None = Field(
+        None,
+        description="The metric that picks the best checkpoint; default: the task's (val/acc "
+        "for classification, else val/loss). One ending in `loss` is minimised; any other "
+        "keeps the task's direction.",
+    )
+    limit_batches: int | None = Field(
+        None, ge=1, description="Train at most this many batches an epoch (smoke tests)."
+    )
 
 
 class ComputeSpec(_Strict):
-    # local, ray, or the name a runner was registered under (plexa.runners.register); a
-    # federated: or sweep: section picks its own runner
-    runner: str = Field("local", min_length=1)
-    # local: Lightning on this machine
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | Literal["auto"] = "auto"
-    # ray: Ray Train workers on an embedded Ray (no address) or a cluster
-    workers: int = Field(2, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    address: str | None = None  # ray://host:10001, host:6379, or "auto"; default RAY_ADDRESS
-    max_failures: int = Field(0, ge=-1)  # worker-group restarts; -1: unlimited
+    runner: str = Field(
+        "local",
+        min_length=1,
+        description="`local`, `ray`, or a name registered with `plexa.runners.register` or "
+        "the `plexa.runners` entry points; a `federated:` or `sweep:` section picks its own.",
+    )
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="local: the device; auto is a CUDA GPU when one is visible."
+    )
+    devices: int | Literal["auto"] = Field(
+        "auto",
+        description="local: devices to train on, one process each; 2 or more train with DDP. "
+        "auto: one process on CPU, Lightning's choice (every visible GPU) on GPU.",
+    )
+    workers: int = Field(2, ge=1, description="ray: Ray Train workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="ray: CPUs each worker reserves.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="ray: GPUs each worker reserves; above 0 trains on GPU."
+    )
+    address: str | None = Field(
+        None,
+        description="ray: the cluster to join (`ray://host:10001`, `host:6379` or `auto`); "
+        "default `RAY_ADDRESS`, and without it an embedded Ray in this process.",
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="ray: worker-group restarts after a failure; -1: unlimited."
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> ComputeSpec:
@@ -134,18 +194,40 @@ class ComputeSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else MLflow's own default
-    experiment: str | None = None  # default: the pipeline name
-    run_name: str | None = None
-    system_metrics: bool = True
+    uri: str | None = Field(
+        None,
+        description="The MLflow store: `sqlite:///path.db` or an `http(s)://` "
+        "server (with failover to a local store); default `MLFLOW_TRACKING_URI`, else "
+        "MLflow's own default (`mlflow.db` in the working folder).",
+    )
+    experiment: str | None = Field(
+        None, description="The MLflow experiment; default: the pipeline's name."
+    )
+    run_name: str | None = Field(None, description="The MLflow run's name; default: MLflow's.")
+    system_metrics: bool = Field(
+        True, description="Log MLflow's system metrics (CPU, memory, GPU) during the run."
+    )
 
 
 class ExportSpec(_Strict):
-    onnx: bool = True
-    register_as: str | None = None
-    parity_tolerance: float = Field(1e-4, gt=0)
-    parity_samples: int = Field(256, ge=1)
-    opset: int | None = Field(None, ge=17)
+    onnx: bool = Field(
+        True, description="Export the best checkpoint's network to ONNX and check its parity."
+    )
+    register_as: str | None = Field(
+        None, description="Register the ONNX model under this name in MLflow's model registry."
+    )
+    parity_tolerance: float = Field(
+        1e-4,
+        gt=0,
+        description="The largest absolute difference allowed between ONNX Runtime and "
+        "PyTorch on held-out inputs; above it the run fails.",
+    )
+    parity_samples: int = Field(
+        256, ge=1, description="Test inputs the parity check runs (as a batch and row by row)."
+    )
+    opset: int | None = Field(
+        None, ge=17, description="The ONNX opset; default: the torch exporter's."
+    )
 
 
 # --------------------------------------------------------------------------- federated
@@ -154,35 +236,84 @@ class ExportSpec(_Strict):
 class PartitionSpec(_Strict):
     """How the core splits the training set over clients, for any data plugin."""
 
-    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
-    alpha: float = Field(0.5, gt=0)  # dirichlet: smaller is more skewed by label
-    labels_per_client: int = Field(2, ge=1)  # shards: k labels per client
+    scheme: Literal["iid", "dirichlet", "shards"] = Field(
+        "iid",
+        description="iid: equal random shares; dirichlet: each label's samples spread over "
+        "the clients in Dir(alpha) shares; shards: sorted by label, dealt as shards. The label "
+        "schemes need a classification task.",
+    )
+    alpha: float = Field(0.5, gt=0, description="dirichlet: smaller is more skewed by label.")
+    labels_per_client: int = Field(
+        2,
+        ge=1,
+        description="shards: shards per client; sorted by label, so most clients hold about "
+        "this many labels.",
+    )
 
 
 class PrivacySpec(_Strict):
     """Central differential privacy with fixed clipping of each client's update."""
 
-    noise_multiplier: float = Field(ge=0)
-    clipping_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(
+        ge=0,
+        description="Gaussian noise of standard deviation noise_multiplier * clipping_norm / "
+        "clients per round is added to the aggregate.",
+    )
+    clipping_norm: float = Field(
+        gt=0, description="Each client's update is clipped to this L2 norm."
+    )
 
 
 class FederatedSpec(_Strict):
     """Flower rounds instead of one training run (`plexa federate`, or `plexa run`)."""
 
-    clients: int = Field(10, ge=1)
-    rounds: int = Field(5, ge=1)
-    fraction: float = Field(1.0, gt=0, le=1)  # of the clients, sampled each round
-    local_epochs: int = Field(1, ge=1)
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum"] = "fedavg"
-    proximal_mu: float = Field(0.01, ge=0)  # fedprox
-    server_lr: float = Field(0.01, gt=0)  # fedadam, fedyogi: the server optimiser's rate
-    byzantine: int = Field(0, ge=0)  # krum: malicious clients to tolerate
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)
-    privacy: PrivacySpec | None = None
-    seed: int | None = None  # default: train.seed
-    round_timeout: float = Field(300.0, gt=0)  # seconds to wait for a round's replies
-    cpus_per_client: float = Field(1.0, gt=0)  # simulation: Ray resources per client
-    gpus_per_client: float = Field(0.0, ge=0)
+    clients: int = Field(
+        10, ge=1, description="Clients: one partition (and, deployed, one SuperNode) each."
+    )
+    rounds: int = Field(5, ge=1, description="Rounds of local training and aggregation.")
+    fraction: float = Field(
+        1.0, gt=0, le=1, description="The fraction of the clients sampled each round."
+    )
+    local_epochs: int = Field(
+        1, ge=1, description="Epochs each sampled client trains per round (not train.max_epochs)."
+    )
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum"] = Field(
+        "fedavg", description="The Flower strategy that aggregates the clients' weights."
+    )
+    proximal_mu: float = Field(0.01, ge=0, description="fedprox: the proximal term's weight.")
+    server_lr: float = Field(
+        0.01, gt=0, description="fedadam, fedyogi: the server optimiser's learning rate."
+    )
+    byzantine: int = Field(
+        0,
+        ge=0,
+        description="krum: malicious clients to tolerate (needs more than 2 * byzantine + 2 "
+        "clients a round).",
+    )
+    partition: PartitionSpec = Field(
+        default_factory=PartitionSpec,
+        description="How the training split is divided over the clients.",
+    )
+    privacy: PrivacySpec | None = Field(
+        None,
+        description="Central differential privacy (Flower's server-side fixed clipping); "
+        "absent: none.",
+    )
+    seed: int | None = Field(
+        None, description="Seeds partitioning and client sampling; default: train.seed."
+    )
+    round_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds the server waits for a round's replies; a client that has not "
+        "replied by then counts as failed.",
+    )
+    cpus_per_client: float = Field(
+        1.0, gt=0, description="simulation: the Ray CPUs each client actor reserves."
+    )
+    gpus_per_client: float = Field(
+        0.0, ge=0, description="simulation: the Ray GPUs each client actor reserves."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FederatedSpec:
@@ -201,8 +332,8 @@ class FederatedSpec(_Strict):
 class SweepResources(_Strict):
     """What one trial reserves on the Ray cluster (or the embedded Ray)."""
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial.")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.5 lets two trials share one.")
 
 
 class SweepSpec(_Strict):
@@ -215,53 +346,95 @@ class SweepSpec(_Strict):
     Runtime, batch 1, median) and `params` into one score, `objective`, that Tune follows.
     """
 
-    trials: int = Field(8, ge=1)
-    search: Literal["random", "optuna", "evolution"] = "random"
-    scheduler: Literal["none", "asha", "pbt"] = "none"
-    space: dict[str, Any] = Field(default_factory=dict)
-    default_space: bool = True
-    concurrency: int = Field(1, ge=1)
-    resources: SweepResources = Field(default_factory=SweepResources)
-    time_budget_s: float | None = Field(None, gt=0)
-    metric: str | None = None  # default: val/acc for classification, else val/loss
-    mode: Literal["max", "min"] | None = None  # default: max for */acc and */r2, else min
-    objectives: dict[str, float] = Field(default_factory=dict)
-    grace_period: int = Field(1, ge=1)  # asha: epochs every trial gets before it can be stopped
-    reduction_factor: int = Field(2, ge=2)  # asha: keep 1 in this many at each rung
-    perturbation_interval: int = Field(2, ge=1)  # pbt: epochs between exploit/explore steps
-    population: int = Field(8, ge=2)  # evolution: trials kept in the aging population
-    tournament: int = Field(3, ge=1)  # evolution: members sampled to pick each parent
-    latency_runs: int = Field(50, ge=1)  # timed ONNX Runtime calls per trial (median)
-    seed: int | None = None  # default: train.seed
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SweepSpec:
-        if self.scheduler == "pbt" and self.search != "random":
-            raise ValueError("scheduler pbt mutates a population itself; use search: random")
-        if self.tournament > self.population:
-            raise ValueError("tournament must not exceed population")
-        if self.metric is not None and not self.metric.startswith(("val/", "train/")):
-            raise ValueError(f"metric must be a val/* or train/* metric, not '{self.metric}'")
-        for key, weight in self.objectives.items():
-            if key not in ("latency_ms", "params") and not key.startswith(("val/", "train/")):
-                raise ValueError(
-                    f"objectives: '{key}' is not a metric; use val/*, train/*, latency_ms, params"
-                )
-            if weight == 0:
-                raise ValueError(f"objectives: the weight of '{key}' is 0")
-        return self
+    trials: int = Field(8, ge=1, description="Points of the space to try.")
+    search: Literal["random", "optuna", "evolution"] = Field(
+        "random",
+        description="Tune's random search, Optuna's TPE, or regularised evolution.",
+    )
+    scheduler: Literal["none", "asha", "pbt"] = Field(
+        "none",
+        description="none: every trial trains to the end; asha stops weak trials at its "
+        "rungs; pbt (with search: random) copies good trials into weak ones and perturbs "
+        "their train.* values.",
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pipeline path (`model.params.*`, `train.*`) to a domain: `{choice: "
+        "[...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`, `{randint: [lo, hi]}`, "
+        "`{each: DOMAIN, length: [min, max]}`; null drops a key of the plugin's own space.",
+    )
+    default_space: bool = Field(
+        True,
+        description="Merge `space` over the architecture plugin's `search_space()`; false: "
+        "search only `space`.",
+    )
+    concurrency: int = Field(1, ge=1, description="Trials at a time.")
+    resources: SweepResources = Field(
+        default_factory=SweepResources, description="What each trial reserves on Ray."
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop starting and running trials after this many seconds."
+    )
+    metric: str | None = Field(
+        None,
+        description="The val/* or train/* metric searched on; default: val/acc for "
+        "classification, else val/loss.",
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Maximise or minimise `metric`; default: max for */acc and */r2."
+    )
+    objectives: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weights of metrics, `latency_ms` and `params` summed into one score, "
+        "`objective`, that Tune follows (a negative weight penalises); empty: `metric` alone.",
+    )
+    grace_period: int = Field(
+        1, ge=1, description="asha: epochs every trial gets before it can be stopped."
+    )
+    reduction_factor: int = Field(
+        2, ge=2, description="asha: keep 1 in this many trials at each rung."
+    )
+    perturbation_interval: int = Field(
+        2, ge=1, description="pbt: epochs between exploit and explore steps."
+    )
+    population: int = Field(8, ge=2, description="evolution: trials kept in the aging population.")
+    tournament: int = Field(3, ge=1, description="evolution: members sampled to pick each parent.")
+    latency_runs: int = Field(
+        50,
+        ge=1,
+        description="Timed ONNX Runtime calls per trial (batch 1, one thread); their median "
+        "is `latency_ms`.",
+    )
+    seed: int | None = Field(None, description="Seeds the search; default: train.seed.")
 
 
 class PipelineSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    data: DataRef
-    model: PluginRef
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    compute: ComputeSpec = Field(default_factory=ComputeSpec)
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    export: ExportSpec = Field(default_factory=ExportSpec)
-    federated: FederatedSpec | None = None  # Flower rounds; see plexa.runners.federated
-    sweep: SweepSpec | None = None  # Ray Tune search; see plexa.runners.sweep
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The pipeline's name: the default MLflow experiment, and how runs and "
+        "jobs are labelled.",
+    )
+    data: DataRef = Field(description="The data plugin, its params and its loader.")
+    model: PluginRef = Field(description="The architecture plugin and its params.")
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="Epochs, batches, optimiser, schedule, seed."
+    )
+    compute: ComputeSpec = Field(
+        default_factory=ComputeSpec,
+        description="Where training runs: the runner and its placement.",
+    )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec, description="The MLflow store, experiment and run."
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="The ONNX export, its parity check, the registry."
+    )
+    federated: FederatedSpec | None = Field(
+        None, description="Flower rounds instead of one training run; see Federated learning."
+    )
+    sweep: SweepSpec | None = Field(
+        None, description="An architecture search on Ray Tune; see Architecture search."
+    )
 
     def data_config(self) -> PluginConfig:
         return datasets.get(self.data.plugin).Config(**self.data.params)

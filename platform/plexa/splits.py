@@ -13,11 +13,21 @@ from plexa.plugins import PluginConfig, Split
 class SplitConfig(PluginConfig):
     """Base Config for data plugins that split one table into train / val / test."""
 
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.15, gt=0, lt=1)
-    # the split's own seed, so several training seeds can be compared on one split;
-    # default: the pipeline's train.seed
-    split_seed: int | None = None
+    val_fraction: float = Field(
+        0.15, gt=0, lt=1, description="The share of the samples held out for validation."
+    )
+    test_fraction: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="The share held out for testing; with val_fraction it leaves at least 10% "
+        "to train.",
+    )
+    split_seed: int | None = Field(
+        None,
+        description="Seeds the split alone, so several training seeds can be compared on one "
+        "split; default: train.seed.",
+    )
 
     def seed_for_split(self, train_seed: int) -> int:
         return train_seed if self.split_seed is None else self.split_seed

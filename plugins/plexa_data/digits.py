@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split
 
 
 class Digits(DataPlugin):
     class Config(SplitConfig):
-        flatten: bool = False  # (64,) vectors instead of (1, 8, 8) images
-        # generative: the same images for an image generator (gan, vae, diffusion) to learn;
-        # labels stay with them, for scoring
-        task: Literal["classification", "generative"] = "classification"
+        flatten: bool = Field(False, description="(64,) vectors instead of (1, 8, 8) images.")
+        task: Literal["classification", "generative"] = Field(
+            "classification",
+            description="generative: the same images for an image generator (gan, vae, "
+            "diffusion) to learn; their labels stay with them, for scoring.",
+        )
 
     def task(self, config: Config) -> str:
         return config.task

@@ -89,10 +89,20 @@ class Crop(PluginConfig):
     """A random crop: pad by `padding` then cut `size` back out, or (`scale`) resize a random
     part of the image covering that fraction of its area, aspect ratio within `ratio`."""
 
-    padding: int = Field(0, ge=0)
-    padding_mode: Literal["constant", "edge", "reflect"] = "constant"  # zeros, or np.pad's
-    scale: tuple[float, float] | None = None
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    padding: int = Field(
+        0, ge=0, description="Pad each side by this many pixels, then cut the size back out."
+    )
+    padding_mode: Literal["constant", "edge", "reflect"] = Field(
+        "constant", description="What the padding holds: zeros, or numpy.pad's edge or reflect."
+    )
+    scale: tuple[float, float] | None = Field(
+        None,
+        description="Instead of padding: [low, high], the fraction of the image's area a "
+        "random part covers before it is resized (0 < low <= high <= 1).",
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="With scale: [low, high] of the part's aspect ratio."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Crop:
@@ -108,15 +118,32 @@ class Crop(PluginConfig):
 class Jitter(PluginConfig):
     """Colour jitter: each factor drawn from [max(0, 1 - v), 1 + v]; saturation needs rgb."""
 
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
+    brightness: float = Field(
+        0.0,
+        ge=0,
+        description="v: the brightness factor is drawn from [max(0, 1 - v), 1 + v]; 0: none.",
+    )
+    contrast: float = Field(
+        0.0,
+        ge=0,
+        description="v: the contrast factor is drawn from [max(0, 1 - v), 1 + v]; 0: none.",
+    )
+    saturation: float = Field(
+        0.0,
+        ge=0,
+        description="v: the saturation factor is drawn from [max(0, 1 - v), 1 + v]; needs "
+        "mode: rgb.",
+    )
 
 
 class Augment(PluginConfig):
-    crop: Crop | None = None
-    flip: float = Field(0.0, ge=0, le=1)  # probability of a horizontal flip
-    jitter: Jitter | None = None
+    """Random changes to training samples, drawn from (seed, epoch, index) alone."""
+
+    crop: Crop | None = Field(None, description="A random crop; absent: none.")
+    flip: float = Field(
+        0.0, ge=0, le=1, description="Probability of a horizontal flip (true: 0.5)."
+    )
+    jitter: Jitter | None = Field(None, description="Colour jitter; absent: none.")
 
     @field_validator("flip", mode="before")
     @classmethod
@@ -132,8 +159,14 @@ class Augment(PluginConfig):
 class Normalise(PluginConfig):
     """`x = (pixel - mean) / std` per channel, on pixels in [0, 1]; one value serves all."""
 
-    mean: list[float] = Field(min_length=1, max_length=3)
-    std: list[float] = Field(min_length=1, max_length=3)
+    mean: list[float] = Field(
+        min_length=1, max_length=3, description="Per channel, or one value for every channel."
+    )
+    std: list[float] = Field(
+        min_length=1,
+        max_length=3,
+        description="Per channel, or one value for every channel; each positive.",
+    )
 
     @field_validator("std")
     @classmethod
@@ -145,15 +178,39 @@ class Normalise(PluginConfig):
 
 class Images(DataPlugin):
     class Config(SplitConfig):
-        path: str | None = None  # a folder of class sub-folders; relative: the pipeline's folder
-        manifest: str | None = None  # or a CSV / Parquet table of files and labels
-        path_column: str = "path"
-        label_column: str = "label"
-        size: list[int] = Field(default_factory=lambda: [16, 16], min_length=2, max_length=2)
-        mode: Literal["grayscale", "rgb"] = "grayscale"
-        task: Literal["classification", "generative"] = "classification"
-        augment: Augment = Field(default_factory=Augment)
-        normalise: Normalise | None = None
+        path: str | None = Field(
+            None,
+            description="A folder of class sub-folders of .png/.jpg/.jpeg files (at least two "
+            "classes), relative to the pipeline's folder; give it or manifest.",
+        )
+        manifest: str | None = Field(
+            None,
+            description="Or a CSV / Parquet table of image paths (relative: from its own "
+            "folder) and labels.",
+        )
+        path_column: str = Field("path", description="manifest: the column of image paths.")
+        label_column: str = Field("label", description="manifest: the column of labels.")
+        size: list[int] = Field(
+            default_factory=lambda: [16, 16],
+            min_length=2,
+            max_length=2,
+            description="[height, width] every image is resized to.",
+        )
+        mode: Literal["grayscale", "rgb"] = Field(
+            "grayscale", description="Channels: 1 (grayscale) or 3 (rgb); images are converted."
+        )
+        task: Literal["classification", "generative"] = Field(
+            "classification",
+            description="generative: the images, in [0, 1], for an image generator to learn.",
+        )
+        augment: Augment = Field(
+            default_factory=Augment, description="Random changes to training samples only."
+        )
+        normalise: Normalise | None = Field(
+            None,
+            description="x = (pixel - mean) / std per channel, on pixels in [0, 1], for every "
+            "split; absent: pixels as they are.",
+        )
 
         @field_validator("path")
         @classmethod

@@ -20,18 +20,28 @@ if TYPE_CHECKING:
 
 class Sequences(DataPlugin):
     class Config(PluginConfig):
-        series: int = Field(300, ge=10)  # independent series
-        length: int = Field(200, ge=2)  # steps per series
-        window: int = Field(48, ge=1)  # steps the model sees
-        horizon: int = Field(8, ge=1)  # steps it forecasts
-        stride: int = Field(4, ge=1)  # steps between consecutive windows of one series
-        components: int = Field(3, ge=1)  # sines per series
-        min_period: float = Field(8.0, gt=2)  # in steps; above 2 (the Nyquist limit)
-        max_period: float = Field(64.0, gt=2)
-        noise: float = Field(0.1, ge=0)  # standard deviation of the added Gaussian noise
-        val_fraction: float = Field(0.15, gt=0, lt=1)  # of the series
-        test_fraction: float = Field(0.15, gt=0, lt=1)
-        data_seed: int = 0  # the same series whatever the training seed
+        series: int = Field(300, ge=10, description="Independent series generated.")
+        length: int = Field(200, ge=2, description="Steps per series.")
+        window: int = Field(48, ge=1, description="Steps the model sees.")
+        horizon: int = Field(8, ge=1, description="Steps it forecasts; window + horizon fit.")
+        stride: int = Field(4, ge=1, description="Steps between consecutive windows of one series.")
+        components: int = Field(3, ge=1, description="Sines summed per series.")
+        min_period: float = Field(
+            8.0, gt=2, description="Shortest period, in steps (above 2, the Nyquist limit)."
+        )
+        max_period: float = Field(64.0, gt=2, description="Longest period, in steps.")
+        noise: float = Field(
+            0.1, ge=0, description="Standard deviation of the added Gaussian noise."
+        )
+        val_fraction: float = Field(
+            0.15, gt=0, lt=1, description="The share of the series held out for validation."
+        )
+        test_fraction: float = Field(
+            0.15, gt=0, lt=1, description="The share of the series held out for testing."
+        )
+        data_seed: int = Field(
+            0, description="Seeds the series and their split, whatever the training seed."
+        )
 
         @model_validator(mode="after")
         def _consistent(self) -> Sequences.Config:

@@ -67,19 +67,47 @@ TIME_FORMS = (
 
 class Series(DataPlugin):
     class Config(PluginConfig):
-        path: str  # a relative path is taken from the pipeline file's folder
-        time: str  # the column that orders the rows
-        targets: list[str] = Field(min_length=1)  # the columns forecast
-        covariates: list[str] = Field(default_factory=list)  # more input columns
-        window: int = Field(48, ge=1)  # rows the model sees
-        horizon: int = Field(8, ge=1)  # rows it forecasts
-        stride: int = Field(1, ge=1)  # rows between consecutive windows
-        val_fraction: float = Field(0.15, gt=0, lt=1)  # of the rows, after train
-        test_fraction: float = Field(0.15, gt=0, lt=1)  # the latest rows
-        missing: Literal["interpolate", "ffill", "drop"] = "interpolate"
-        format: Literal["auto", "csv", "parquet"] = "auto"  # auto: by the file's suffix
-        delimiter: str = Field(",", min_length=1, max_length=1)  # CSV only
-        memory_limit_mb: float = Field(256.0, ge=0)  # windows above it are streamed
+        path: str = Field(
+            description="The CSV or Parquet file; a relative path is taken from the pipeline "
+            "file's folder."
+        )
+        time: str = Field(
+            description="The column that orders the rows (timestamps, dates or numbers); a "
+            "step is a row."
+        )
+        targets: list[str] = Field(
+            min_length=1, description="The columns forecast; also the first input channels."
+        )
+        covariates: list[str] = Field(
+            default_factory=list, description="More input columns, not forecast."
+        )
+        window: int = Field(48, ge=1, description="Rows the model sees.")
+        horizon: int = Field(8, ge=1, description="Rows it forecasts.")
+        stride: int = Field(1, ge=1, description="Rows between consecutive windows.")
+        val_fraction: float = Field(
+            0.15, gt=0, lt=1, description="The share of the rows, after train, for validation."
+        )
+        test_fraction: float = Field(
+            0.15, gt=0, lt=1, description="The share of the rows, the latest, for testing."
+        )
+        missing: Literal["interpolate", "ffill", "drop"] = Field(
+            "interpolate",
+            description="Missing target and covariate values: a straight line in time between "
+            "the nearest known ones, the last known value carried forward, or the row dropped; "
+            "each split filled on its own.",
+        )
+        format: Literal["auto", "csv", "parquet"] = Field(
+            "auto", description="The file's format; auto: Parquet for .parquet and .pq, else CSV."
+        )
+        delimiter: str = Field(
+            ",", min_length=1, max_length=1, description="CSV only: the field separator."
+        )
+        memory_limit_mb: float = Field(
+            256.0,
+            ge=0,
+            description="The size of all splits' windows up to which they are held in memory; "
+            "above it each split is streamed, cut from the series as it is read.",
+        )
 
         @field_validator("path")
         @classmethod

@@ -1085,15 +1085,40 @@ def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
 
 class Table(DataPlugin):
     class Config(SplitConfig):
-        path: str  # a file, folder or glob (relative: to the pipeline's folder); package:...
-        target: str
-        task: Literal["auto", "classification", "regression"] = "auto"
-        features: list[str] | None = None  # default: every column but the target
-        categorical: list[str] = Field(default_factory=list)  # whole numbers as categories
-        format: Literal["csv", "tsv", "parquet", "jsonl"] | None = None  # default: extension
-        delimiter: str | None = None  # CSV only; default "," ("\t" for tsv)
-        memory_limit_mb: float = Field(256, gt=0)  # larger tables stream from disk
-        max_categories: int = Field(1000, ge=1)
+        path: str = Field(
+            description="A file, a folder (every table file in it, one format, the same "
+            "columns) or a glob, relative to the pipeline's folder; or `package:NAME/FILE`, a "
+            "file in an installed package."
+        )
+        target: str = Field(description="The column predicted.")
+        task: Literal["auto", "classification", "regression"] = Field(
+            "auto",
+            description="auto: a text or true/false target is a classification, numbers a "
+            "regression (set it for whole-number class codes).",
+        )
+        features: list[str] | None = Field(
+            None, description="The input columns; default: every column but the target."
+        )
+        categorical: list[str] = Field(
+            default_factory=list,
+            description="Whole-number columns to read as categories (text and true/false ones "
+            "always are).",
+        )
+        format: Literal["csv", "tsv", "parquet", "jsonl"] | None = Field(
+            None, description="The files' format; default: from the extension."
+        )
+        delimiter: str | None = Field(
+            None, description='CSV only: one character; default "," (a tab for tsv).'
+        )
+        memory_limit_mb: float = Field(
+            256,
+            gt=0,
+            description="Tables larger than this (Parquet: uncompressed) stream from disk "
+            "instead of being held in memory.",
+        )
+        max_categories: int = Field(
+            1000, ge=1, description="The most distinct training values a category column may have."
+        )
 
         @field_validator("path")
         @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from plexa.plugins import DataPlugin, DataSpec, DataSplits
 from plexa.splits import SplitConfig, split, standardise
 
@@ -12,7 +14,11 @@ _REGRESSION = {"diabetes"}
 
 class Tabular(DataPlugin):
     class Config(SplitConfig):
-        dataset: Literal["iris", "wine", "breast_cancer", "diabetes"] = "iris"
+        dataset: Literal["iris", "wine", "breast_cancer", "diabetes"] = Field(
+            "iris",
+            description="The scikit-learn table; diabetes is a regression, the others "
+            "classifications. Features are standardised on the training split.",
+        )
 
     def task(self, config: Config) -> str:
         return "regression" if config.dataset in _REGRESSION else "classification"

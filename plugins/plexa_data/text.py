@@ -82,16 +82,52 @@ INSTALL = "pip install 'plexa[text]'"
 
 class Text(DataPlugin):
     class Config(PluginConfig):
-        path: str | None = None  # a UTF-8 file; relative paths are from the pipeline's folder
-        max_chars: int = Field(400_000, ge=100)  # the text is cut to its first max_chars
-        context: int = Field(64, ge=2)  # tokens a sample holds
-        stride: int | None = Field(None, ge=1)  # between training windows; default: context
-        block: int = Field(2048, ge=16)  # characters per block dealt to the splits
-        val_fraction: float = Field(0.1, gt=0, lt=1)
-        test_fraction: float = Field(0.1, gt=0, lt=1)
-        tokenizer: Literal["char", "bpe"] = "char"
-        vocab_size: int | None = Field(None, ge=256, le=1 << 20)  # bpe; default 512
-        cache_dir: str | None = None  # bpe's token files; relative: from the pipeline's folder
+        path: str | None = Field(
+            None,
+            description="A UTF-8 file (relative: from the pipeline's folder); default: the "
+            "docstrings of a fixed list of standard-library modules.",
+        )
+        max_chars: int = Field(
+            400_000, ge=100, description="The text is cut to its first max_chars characters."
+        )
+        context: int = Field(
+            64,
+            ge=2,
+            description="Tokens a sample holds; its target is the same window shifted by one.",
+        )
+        stride: int | None = Field(
+            None,
+            ge=1,
+            description="Tokens between training windows' starts; default: context (val and "
+            "test windows never overlap).",
+        )
+        block: int = Field(
+            2048,
+            ge=16,
+            description="Characters per block dealt to train, val and test by a fixed draw; "
+            "longer than context.",
+        )
+        val_fraction: float = Field(
+            0.1, gt=0, lt=1, description="The share of the blocks for validation."
+        )
+        test_fraction: float = Field(
+            0.1, gt=0, lt=1, description="The share of the blocks for testing."
+        )
+        tokenizer: Literal["char", "bpe"] = Field(
+            "char",
+            description="char: a token per character, held in memory; bpe: a byte-level BPE "
+            "trained on the training blocks (needs `plexa[text]`), read from a cached "
+            "memory-mapped token file.",
+        )
+        vocab_size: int | None = Field(
+            None, ge=256, le=1 << 20, description="bpe: the vocabulary's size; default 512."
+        )
+        cache_dir: str | None = Field(
+            None,
+            description="bpe: where the token files are cached (relative: from the pipeline's "
+            "folder); default `.plexa-cache` beside the file, for the built-in corpus "
+            "`$PLEXA_RUNS_DIR/.plexa-cache`, else `~/.cache/plexa`.",
+        )
 
         @field_validator("path")
         @classmethod

@@ -13,11 +13,22 @@ class CNN(Architecture):
     tasks = frozenset({"classification", "regression"})
 
     class Config(PluginConfig):
-        channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
-        kernel_size: int = Field(3, ge=1)
-        pooling: Literal["max", "avg", "none"] = "max"
-        dropout: float = Field(0.0, ge=0, lt=1)
-        hidden: int = Field(128, ge=1)
+        channels: list[int] = Field(
+            default_factory=lambda: [32, 64],
+            min_length=1,
+            description="Output channels of each block (conv, batch norm, ReLU, pooling); each "
+            "at least 1.",
+        )
+        kernel_size: int = Field(
+            3, ge=1, description="The convolutions' kernel side; odd, so padding keeps the size."
+        )
+        pooling: Literal["max", "avg", "none"] = Field(
+            "max",
+            description="2x2 pooling after each block (skipped once the image is under 2 "
+            "pixels), or none.",
+        )
+        dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+        hidden: int = Field(128, ge=1, description="Units of the head's hidden layer.")
 
         @field_validator("channels")
         @classmethod

@@ -186,10 +186,19 @@ class Diffusion(Architecture):
     tasks = GENERATIVE_TASKS
 
     class Config(GenerativeConfig):
-        steps: int = Field(100, ge=2)  # diffusion steps T
-        schedule: Literal["cosine", "linear"] = "cosine"
-        widths: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2)
-        time_embedding: int = Field(64, ge=4)
+        steps: int = Field(100, ge=2, description="Diffusion steps T (noising and sampling).")
+        schedule: Literal["cosine", "linear"] = Field(
+            "cosine", description="The noise schedule (betas over the steps)."
+        )
+        widths: list[int] = Field(
+            default_factory=lambda: [32, 64],
+            min_length=2,
+            max_length=2,
+            description="The U-Net's channels at full resolution, and at half and a quarter.",
+        )
+        time_embedding: int = Field(
+            64, ge=4, description="Size of the step's sinusoidal embedding."
+        )
 
     def build(self, config: Config, data: DataSpec) -> DiffusionModule:
         module = DiffusionModule(config, data)

@@ -149,12 +149,31 @@ class GAN(Architecture):
     tasks = GENERATIVE_TASKS
 
     class Config(GenerativeConfig):
-        latent_dim: int = Field(32, ge=1)
-        g_channels: list[int] = Field(default_factory=lambda: [128, 64], min_length=2, max_length=2)
-        d_channels: list[int] = Field(default_factory=lambda: [64, 128], min_length=2, max_length=2)
-        d_dropout: float = Field(0.2, ge=0, lt=1)
-        label_smoothing: float = Field(0.1, ge=0, lt=0.5)
-        beta1: float = Field(0.5, ge=0, lt=1)  # Adam's first moment; DCGAN's 0.5
+        latent_dim: int = Field(32, ge=1, description="Size of the generator's normal latent.")
+        g_channels: list[int] = Field(
+            default_factory=lambda: [128, 64],
+            min_length=2,
+            max_length=2,
+            description="The generator's channels at a quarter and at half the image size.",
+        )
+        d_channels: list[int] = Field(
+            default_factory=lambda: [64, 128],
+            min_length=2,
+            max_length=2,
+            description="The discriminator's two strided convolutions' channels.",
+        )
+        d_dropout: float = Field(
+            0.2, ge=0, lt=1, description="Dropout after each discriminator convolution."
+        )
+        label_smoothing: float = Field(
+            0.1,
+            ge=0,
+            lt=0.5,
+            description="One-sided: the discriminator's target for real images is 1 minus this.",
+        )
+        beta1: float = Field(
+            0.5, ge=0, lt=1, description="Adam's first-moment decay for both networks (DCGAN's)."
+        )
 
     def build(self, config: Config, data: DataSpec) -> GANModule:
         module = GANModule(config, data)
@@ -172,4 +191,3 @@ class GAN(Architecture):
             "d_dropout": {"uniform": [0.0, 0.4]},
             "label_smoothing": {"choice": [0.0, 0.1, 0.2]},
         }
-

@@ -27,8 +27,18 @@ DIGITS_CLASSES = tuple(str(i) for i in range(10))
 class GenerativeConfig(PluginConfig):
     """Keys every generator has besides its network's."""
 
-    sample_every: int = Field(5, ge=1)  # epochs between sample grids logged to MLflow
-    score_samples: int = Field(1000, ge=10)  # samples scored at test time (digits only)
+    sample_every: int = Field(
+        5,
+        ge=1,
+        description="Epochs between the grids of samples logged to MLflow (the last epoch "
+        "always logs one).",
+    )
+    score_samples: int = Field(
+        1000,
+        ge=10,
+        description="Samples scored by plexa's digits classifier at test time (8x8 digits "
+        "only; other images are not scored).",
+    )
 
 
 def image_shape(data: DataSpec, plugin: str) -> tuple[int, int, int]:

@@ -14,10 +14,20 @@ class MLP(Architecture):
     tasks = frozenset({"classification", "regression"})
 
     class Config(PluginConfig):
-        hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
-        activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
-        dropout: float = Field(0.0, ge=0, lt=1)
-        batch_norm: bool = False
+        hidden: list[int] = Field(
+            default_factory=lambda: [128, 64],
+            min_length=1,
+            description="Units of each hidden layer, in order (the inputs are flattened first).",
+        )
+        activation: Literal["relu", "tanh", "sigmoid", "gelu"] = Field(
+            "relu", description="The activation after each hidden layer."
+        )
+        dropout: float = Field(
+            0.0, ge=0, lt=1, description="Dropout after each hidden layer's activation."
+        )
+        batch_norm: bool = Field(
+            False, description="Batch normalisation after each hidden layer, before its activation."
+        )
 
     def build(self, config: Config, data: DataSpec) -> Any:
         from torch import nn

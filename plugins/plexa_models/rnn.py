@@ -15,13 +15,20 @@ class RNN(Architecture):
     tasks = frozenset({"classification", "regression", "sequence"})
 
     class Config(SequenceInput):
-        cell: Literal["lstm", "gru", "rnn"] = "lstm"
-        hidden: int = Field(128, ge=1)
-        layers: int = Field(1, ge=1)
-        bidirectional: bool = False
-        dropout: float = Field(0.0, ge=0, lt=1)  # between layers and before the head
-        # what the head reads: the final hidden state(s) of the last layer, or the mean output
-        pool: Literal["last", "mean"] = "last"
+        cell: Literal["lstm", "gru", "rnn"] = Field(
+            "lstm", description="The recurrent cell: LSTM, GRU or a plain (tanh) RNN."
+        )
+        hidden: int = Field(128, ge=1, description="Hidden units per layer and direction.")
+        layers: int = Field(1, ge=1, description="Stacked recurrent layers.")
+        bidirectional: bool = Field(False, description="Read the sequence in both directions.")
+        dropout: float = Field(
+            0.0, ge=0, lt=1, description="Dropout between layers and before the head."
+        )
+        pool: Literal["last", "mean"] = Field(
+            "last",
+            description="What the head reads: the last layer's final hidden states (both "
+            "directions), or its mean output over the steps.",
+        )
 
     def build(self, config: Config, data: DataSpec) -> Any:
         from plexa_models.seqnets import Recurrent, ToSequence

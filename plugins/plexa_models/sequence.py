@@ -21,8 +21,14 @@ Tokens = Literal["rows", "patches"]
 class SequenceInput(PluginConfig):
     """Base Config of a model that reads images as sequences."""
 
-    tokens: Tokens = "rows"  # how an image becomes a sequence; (T, F) inputs are used as is
-    patch: int = Field(2, ge=1)  # patch side for tokens: patches
+    tokens: Tokens = Field(
+        "rows",
+        description="How an image becomes a sequence: its rows, or its non-overlapping "
+        "patches; (steps, features) inputs are used as they are.",
+    )
+    patch: int = Field(
+        2, ge=1, description="tokens: patches: the patch side; it must divide the image size."
+    )
 
 
 def sequence_shape(input_shape: tuple[int, ...], tokens: str, patch: int) -> tuple[int, int]:

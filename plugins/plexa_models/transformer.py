@@ -21,15 +21,33 @@ class Transformer(Architecture):
     tasks = frozenset({"classification", "regression", "sequence", "language-model"})
 
     class Config(SequenceInput):
-        width: int = Field(64, ge=1)  # d_model
-        heads: int = Field(4, ge=1)
-        layers: int = Field(2, ge=1)
-        feedforward: int = Field(128, ge=1)  # hidden units of each block's feed-forward
-        dropout: float = Field(0.1, ge=0, lt=1)
-        attention: Pattern = "full"
-        window: int = Field(8, ge=1)  # local and strided: how many recent positions are seen
-        stride: int = Field(8, ge=1)  # strided: also every stride-th position before them
-        pool: Literal["mean", "last"] = "mean"  # encoder: what the head reads
+        width: int = Field(
+            64, ge=1, description="The model width (d_model); a multiple of `heads`."
+        )
+        heads: int = Field(4, ge=1, description="Attention heads per block.")
+        layers: int = Field(2, ge=1, description="Pre-norm transformer blocks.")
+        feedforward: int = Field(
+            128, ge=1, description="Hidden units of each block's feed-forward layer."
+        )
+        dropout: float = Field(
+            0.1, ge=0, lt=1, description="Dropout in attention, feed-forward and embeddings."
+        )
+        attention: Pattern = Field(
+            "full",
+            description="Which positions each one attends to: all, earlier ones (causal), the "
+            "last `window` (local), or those and every `stride`-th before them (strided). A "
+            "language model needs a causal pattern (causal, local or strided).",
+        )
+        window: int = Field(
+            8, ge=1, description="local and strided: how many recent positions are seen."
+        )
+        stride: int = Field(
+            8, ge=1, description="strided: also every stride-th position before the window."
+        )
+        pool: Literal["mean", "last"] = Field(
+            "mean",
+            description="Encoder: what the head reads, the mean over positions or the last one.",
+        )
 
         @model_validator(mode="after")
         def _heads_divide(self) -> Transformer.Config:

@@ -153,11 +153,23 @@ class VAE(Architecture):
     tasks = GENERATIVE_TASKS
 
     class Config(GenerativeConfig):
-        latent_dim: int = Field(16, ge=1)
-        channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2)
-        hidden: int = Field(256, ge=1)
-        beta: float = Field(1.0, gt=0)  # the KL weight after warm-up; 1 is the ELBO
-        kl_warmup_epochs: float = Field(10.0, ge=0)
+        latent_dim: int = Field(16, ge=1, description="Size of the Gaussian latent.")
+        channels: list[int] = Field(
+            default_factory=lambda: [32, 64],
+            min_length=2,
+            max_length=2,
+            description="The encoder's two strided convolutions' channels (the decoder mirrors "
+            "them).",
+        )
+        hidden: int = Field(
+            256, ge=1, description="Units of the dense layer between convolutions and latent."
+        )
+        beta: float = Field(
+            1.0, gt=0, description="The KL term's weight after warm-up; 1 is the ELBO."
+        )
+        kl_warmup_epochs: float = Field(
+            10.0, ge=0, description="Epochs over which the KL weight rises linearly from 0."
+        )
 
     def build(self, config: Config, data: DataSpec) -> VAEModule:
         module = VAEModule(config, data)
