@@ -282,8 +282,12 @@ def test_an_export_that_breaks_parity_fails_the_run(workdir: Path) -> None:
     assert run.info.status == "FAILED"
 
 
-# a sweep's smoke run is two trials (tests/test_sweep.py covers sweeps in depth)
-SMOKE_OVERRIDES = {"digits-nas": ("sweep.trials=2", "sweep.latency_runs=5")}
+# a sweep's smoke run is one trial, a federated one round of two clients (tests/test_sweep.py
+# and tests/test_federated.py cover both in depth)
+SMOKE_OVERRIDES = {
+    "digits-nas": ("sweep.trials=1", "sweep.latency_runs=5"),
+    "digits-federated": ("federated.clients=2", "federated.rounds=1"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PIPELINES.glob("*.yaml")))
