@@ -407,6 +407,23 @@ class SweepSpec(_Strict):
     )
     seed: int | None = Field(None, description="Seeds the search; default: train.seed.")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.scheduler == "pbt" and self.search != "random":
+            raise ValueError("scheduler pbt mutates a population itself; use search: random")
+        if self.tournament > self.population:
+            raise ValueError("tournament must not exceed population")
+        if self.metric is not None and not self.metric.startswith(("val/", "train/")):
+            raise ValueError(f"metric must be a val/* or train/* metric, not '{self.metric}'")
+        for key, weight in self.objectives.items():
+            if key not in ("latency_ms", "params") and not key.startswith(("val/", "train/")):
+                raise ValueError(
+                    f"objectives: '{key}' is not a metric; use val/*, train/*, latency_ms, params"
+                )
+            if weight == 0:
+                raise ValueError(f"objectives: the weight of '{key}' is 0")
+        return self
+
 
 class PipelineSpec(_Strict):
     name: str = Field(
