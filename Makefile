@@ -29,9 +29,11 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python scripts/import-cycles
 
-# two workers (tests/conftest.py groups the tests that start Ray into one of them)
+# two workers, each taking whole files: a file's module fixtures (a server, a Ray cluster, a
+# shared run) start once. Not loadgroup: with pytest 9.2 its groups are silently dropped
+# (pytest-xdist#1386), and every test is scheduled on its own
 test: lint system
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -60,14 +60,6 @@ def scratch_cwd(request: pytest.FixtureRequest) -> Iterator[None]:
     os.chdir(previous)
 
 
-# `make test` runs two xdist workers, each taking whole files (a file's module fixtures are
-# built once); the files that start Ray form two groups of about equal length, a group's files
-# one after the other in one worker, so at most two Ray instances run at once
-_RAY_GROUPS = {
-    "test_mlflow_server.py": "ray-a", "test_ray_cluster.py": "ray-a",
-    "test_serving_ray.py": "ray-a",
-    "test_ray.py": "ray-b", "test_sweep.py": "ray-b", "test_federated.py": "ray-b",
-}  # fmt: skip
 
 
 def _tree_outside_git() -> frozenset[str]:
@@ -148,13 +140,7 @@ def plexa(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: flo
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Ray's tests share one xdist group; GPU tests skip cleanly where there is no CUDA device
-    (lightning-hydra-template's RunIf)."""
-    for item in items:
-        group = _RAY_GROUPS.get(item.path.name, item.path.name)
-        if "smoke[digits-federated]" in item.nodeid or "smoke[digits-nas]" in item.nodeid:
-            group = "ray-b"
-        item.add_marker(pytest.mark.xdist_group(group))
+    """GPU tests skip cleanly where there is no CUDA device (lightning-hydra-template's RunIf)."""
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
