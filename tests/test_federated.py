@@ -4,6 +4,7 @@ run on Flower's Ray backend with a client that fails every round, and `plexa fed
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from pathlib import Path
@@ -250,8 +251,11 @@ def test_simulation_survives_a_failing_client(workdir: Path, monkeypatch) -> Non
     from plexa.events import render
 
     shown: list[str] = []  # what `plexa run` prints: the same events through the same render
+    pythonpath = os.environ.get("PYTHONPATH")
     # `plexa run` of a federated pipeline simulates it
     result = orchestrator.run(spec, sinks=[lambda event: shown.append(render(event))])
+    # Flower's Ray backend put this process's sys.path there; the runner puts it back
+    assert os.environ.get("PYTHONPATH") == pythonpath
     rounds = [line for line in shown if line.startswith("round")]
     assert [r.split()[1] for r in rounds] == ["0/2", "1/2", "2/2"], shown  # as they end
     assert "clients 2/3 (1 failed)" in rounds[-1]

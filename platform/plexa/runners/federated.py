@@ -131,6 +131,10 @@ def simulate(job_path: Path, spec: PipelineSpec, sinks: list[RoundSink]) -> None
             "include_dashboard": False,
         },
     }
+    # Flower's Ray backend sets PYTHONPATH to this process's whole sys.path for Ray's workers
+    # and leaves it so: every later subprocess, a system tool's Python too, would import this
+    # environment's packages
+    pythonpath = os.environ.get("PYTHONPATH")
     try:
         run_simulation(
             server_app=server_app(str(job_path), sinks),
@@ -140,6 +144,10 @@ def simulate(job_path: Path, spec: PipelineSpec, sinks: list[RoundSink]) -> None
         )
     finally:
         quiet.setLevel(level)
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
 
 
 def _log_partition(tracker: Tracker, data: DataSplits, parts: list[Any]) -> None:
