@@ -118,7 +118,7 @@ def digits_scorer(seed: int = 0) -> nn.Module:
     spec = validate({**SCORER_PIPELINE, "train": {**SCORER_PIPELINE["train"], "seed": seed}})
     recipe = hashlib.sha256(json.dumps(SCORER_PIPELINE, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / f"digits-scorer-{recipe[:12]}-seed{seed}.pt"
-    with _preserved_rng():
+    with _preserved_rng(), _trained_once(path):
         built = assemble(spec)
         data, net, module = built.data, built.net, built.module
         if path.exists():
@@ -150,6 +150,24 @@ def _train(spec: Any, data: Any, module: Any, path: Path) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     torch.save(module.net.state_dict(), partial)
     partial.replace(path)  # atomic: a concurrent run never reads half a file
+
+
+@contextlib.contextmanager
+def _trained_once(path: Path) -> Iterator[None]:
+    """Holds a lock beside the cached scorer: runs that start together train it once, the
+    others wait and load it (where there is no `fcntl`, each may train its own)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
