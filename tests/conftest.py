@@ -67,6 +67,7 @@ _RAY_GROUPS = {
     "test_mlflow_server.py": "ray-a", "test_ray_cluster.py": "ray-a",
     "test_serving_ray.py": "ray-a",
     "test_ray.py": "ray-b", "test_sweep.py": "ray-b", "test_federated.py": "ray-b",
+    "test_ray_data.py": "ray-b",
 }  # fmt: skip
 
 
