@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 PUBLIC_MODULES = (
     "plexa",
-    "plexa.plugins",  # Architecture, DataPlugin, PluginConfig, DataSpec, DataSplits, Split, Stream
+    "plexa.plugins",  # Architecture, DataPlugin, ..., DataSplits, Split, Stream, RayDataset
     "plexa.config",  # the pipeline's spec classes (TrainSpec, ...), load_pipeline, validate
     "plexa.errors",  # UserError, DataError, ... and their exit codes
     "plexa.artifacts",  # log_image: what a plugin logs into the run it trains in
@@ -35,6 +35,7 @@ _LAZY = {
     "DataSplits": "plexa.plugins",
     "Split": "plexa.plugins",
     "Stream": "plexa.plugins",
+    "RayDataset": "plexa.plugins",
     "architecture": "plexa.plugins",
     "data": "plexa.plugins",
     "PluginError": "plexa.plugins",
@@ -64,6 +65,7 @@ __all__ = [
     "PlexaError",
     "PluginConfig",
     "PluginError",
+    "RayDataset",
     "RunFailed",
     "RunResult",
     "Split",
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
         DataSplits,
         PluginConfig,
         PluginError,
+        RayDataset,
         Split,
         Stream,
         architecture,

@@ -38,6 +38,11 @@ def load_data(spec: PipelineSpec) -> DataSplits:
     return datasets.create(spec.data.plugin).load(spec.data_config(), spec.train.seed)
 
 
+def uses_ray(spec: PipelineSpec) -> bool:
+    """Whether the pipeline's data plugin returns Ray Data splits (asked without loading)."""
+    return bool(datasets.create(spec.data.plugin).uses_ray(spec.data_config()))
+
+
 def build(spec: PipelineSpec, data: DataSplits) -> Assembled:
     """The network and its task module for loaded data, seeded from `train.seed`."""
     import lightning as L

@@ -1,7 +1,8 @@
 """What each split of a run was, recorded as MLflow dataset inputs (`mlflow.data`): source,
 schema, row count and a digest per split, so two runs on the same data show the same digest in
 the MLflow UI and a changed file a different one. Nothing is read for it but what a split holds
-in memory already: a streamed split is described by its first sample and its labels."""
+in memory already: a streamed split is described by its first sample and its labels (of a Ray
+Data split, its first row and its label column)."""
 
 from __future__ import annotations
 
@@ -49,14 +50,9 @@ def _source(plugin: str, data: DataSplits) -> tuple[str, str]:
 
 
 def _first(split: Split | Stream) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(split, Split):
-        return np.asarray(split.x[:1]), np.asarray(split.y[:1])
-    from plexa.streaming import iter_batches
+    from plexa.streaming import first
 
-    first = next(iter_batches(split, 1), None)
-    if first is None:
-        return np.empty((0,)), np.empty((0,))
-    return first[0].numpy(), first[1].numpy()
+    return first(split, 1)
 
 
 def _spec(array: np.ndarray) -> str:
@@ -69,7 +65,9 @@ def _digest(split: Split | Stream, source: str) -> str:
     """Eight hex digits over the split's size, labels and (in memory) its first and last rows."""
     sha = hashlib.sha256(source.encode())
     sha.update(str(len(split)).encode())
-    labels = split.y if isinstance(split, Split) else split.labels
+    from plexa.streaming import labels as targets
+
+    labels = targets(split)
     if labels is not None:
         sha.update(np.ascontiguousarray(labels).tobytes())
     if isinstance(split, Split):

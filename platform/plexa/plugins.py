@@ -62,6 +62,45 @@ class Split:
 
 
 @dataclass(frozen=True)
+class RayDataset:
+    """A Ray Data dataset as a streamed split's source (`Stream(RayDataset(...))`).
+
+    Its rows are dicts of columns. `features` names the input column (each value is one
+    sample's input, of any shape) or several columns whose values are flattened and joined, in
+    that order, into one input vector; `label` names the target column. Only these columns are
+    read. `shuffle_buffer` shuffles the training split in each epoch within a buffer of that
+    many rows (Ray Data's local shuffle, seeded by the run's seed and the epoch); without it
+    rows come in Ray Data's order.
+    """
+
+    dataset: Any  # a ray.data.Dataset
+    features: str | tuple[str, ...]
+    label: str
+    shuffle_buffer: int | None = None
+    # what the core has read of it once (its row count, its label column)
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.features or not self.label:
+            raise ValueError("a RayDataset names its feature column(s) and its label column")
+        if self.label in self.columns[:-1]:
+            raise ValueError(f"column '{self.label}' cannot be both a feature and the label")
+        if self.shuffle_buffer is not None and self.shuffle_buffer < 1:
+            raise ValueError("a RayDataset's shuffle_buffer is a number of rows, at least 1")
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: the features, then the label."""
+        features = [self.features] if isinstance(self.features, str) else list(self.features)
+        return [*features, self.label]
+
+    def __len__(self) -> int:
+        if "rows" not in self._cache:
+            self._cache["rows"] = int(self.dataset.count())
+        return int(self._cache["rows"])
+
+
+@dataclass(frozen=True)
 class Stream:
     """One split read from storage as training needs it, never held whole in memory.
 
@@ -70,6 +109,16 @@ class Stream:
     core asks it for each reader's share with `shard(index, count)` when it has that method,
     and otherwise keeps every `count`-th sample). `labels`, the split's targets alone, lets the
     core partition it (federated clients) without reading a single input.
+
+    `dataset` may also be a `RayDataset`, a Ray Data dataset with its feature and label
+    columns; the plugin then says so in `DataPlugin.uses_ray`. On the ray runner each Ray
+    Train worker reads its share through Ray Data's streaming split (`get_dataset_shard`; every
+    worker gets as many rows, so up to `workers - 1` rows of a split are left out); elsewhere it
+    is read whole in the training process, on one device. Ray Data sets the order (see
+    `RayDataset.shuffle_buffer`), so a run resumed mid-epoch skips as many batches as it had
+    trained on, not the same rows, and `block` does not apply. Without `labels` the core reads
+    the label column alone when it needs the targets (the runs' dataset inputs). Federated
+    pipelines cannot use it: a Ray Data dataset has no row index to partition by.
     """
 
     dataset: Any
@@ -86,7 +135,8 @@ class Stream:
 
 @dataclass(frozen=True)
 class DataSplits:
-    """A data plugin's splits: each in memory (`Split`, the fast path) or streamed (`Stream`)."""
+    """A data plugin's splits: each in memory (`Split`, the fast path) or streamed (`Stream`,
+    over a PyTorch dataset or a `RayDataset`)."""
 
     spec: DataSpec
     train: Split | Stream
@@ -151,6 +201,12 @@ class DataPlugin(Plugin):
 
     def task(self, config: Any) -> str:
         raise NotImplementedError
+
+    def uses_ray(self, config: Any) -> bool:
+        """True when `load` returns Ray Data splits (`RayDataset`) for this configuration.
+        Cheap, like `task`: a runner asks before loading, to start (or join) Ray first and,
+        on the ray runner, to hand the datasets to Ray Train."""
+        return False
 
     def load(self, config: Any, seed: int) -> DataSplits:
         raise NotImplementedError

@@ -6,12 +6,17 @@ loader's position. The position goes into every checkpoint through the data modu
 `state_dict`, counted in batches the model has trained on (a loader's own count runs ahead by
 the batches it prefetched), so a run interrupted mid-epoch resumes at the first batch it had
 not trained on.
+
+A `RayDataset` split is read by Ray Data instead of a DataLoader: on Ray Train workers each rank
+reads the shard Ray Train handed it (`RayShard`), elsewhere the whole dataset, both with
+`iter_torch_batches`, one pass per epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -19,28 +24,72 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from plexa.plugins import Split, Stream
+from plexa.errors import DataError, UserError
+from plexa.plugins import RayDataset, Split, Stream
 
 if TYPE_CHECKING:
     from plexa.config import LoaderSpec
     from plexa.plugins import DataSplits
 
 
+STAGES = ("train", "val", "test")
+NO_RAY_PARTS = (
+    "a Ray Data split (plexa.RayDataset) cannot be partitioned between federated clients: it "
+    "has no row index for a client to read its own part by; return a map-style plexa.Stream "
+    "(or in-memory splits) for federated pipelines"
+)
+
+
 def is_streaming(data: DataSplits) -> bool:
     return any(isinstance(s, Stream) for s in (data.train, data.val, data.test))
 
 
+def ray_source(split: Split | Stream) -> RayDataset | None:
+    """The Ray Data dataset a split streams from, if it is one."""
+    if isinstance(split, Stream) and isinstance(split.dataset, RayDataset):
+        return split.dataset
+    return None
+
+
+def ray_datasets(data: DataSplits) -> dict[str, Any]:
+    """The splits that are Ray Data datasets, by stage, each cut to the columns it is read by
+    (what the ray runner hands Ray Train)."""
+    found = {}
+    for stage in STAGES:
+        source = ray_source(getattr(data, stage))
+        if source is not None:
+            found[stage] = source.dataset.select_columns(source.columns)
+    return found
+
+
 def labels(split: Split | Stream) -> np.ndarray | None:
-    """The split's targets without its inputs (federated partitions, stratification)."""
+    """The split's targets without its inputs (federated partitions, stratification); of a
+    Ray Data split, its label column read alone (once)."""
     if isinstance(split, Split):
         return np.asarray(split.y)
-    return None if split.labels is None else np.asarray(split.labels)
+    if split.labels is not None:
+        return np.asarray(split.labels)
+    source = ray_source(split)
+    return None if source is None else _ray_labels(source)
+
+
+def _ray_labels(source: RayDataset) -> np.ndarray:
+    if "labels" not in source._cache:
+        column = source.dataset.select_columns([source.label])
+        parts = [
+            np.asarray(batch[source.label])
+            for batch in column.iter_batches(batch_size=None, batch_format="numpy")
+        ]
+        source._cache["labels"] = np.concatenate(parts) if parts else np.empty((0,))
+    return np.asarray(source._cache["labels"])
 
 
 def subset(split: Split | Stream, indices: np.ndarray) -> Split | Stream:
     """The samples at `indices`: a federated client's part, read only when it trains."""
     if isinstance(split, Split):
         return Split(split.x[indices], split.y[indices])
+    if ray_source(split) is not None:
+        raise UserError(NO_RAY_PARTS)
     if isinstance(split.dataset, IterableDataset):
         raise TypeError("an iterable stream has no random access; partition a map-style one")
     picked = None if split.labels is None else np.asarray(split.labels)[indices]
@@ -171,6 +220,84 @@ class IterableShard(IterableDataset):
         return total if self.limit is None else min(total, self.limit)
 
 
+def _ray_pair(source: RayDataset, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Ray Data batch (a dict of column tensors) as the `(x, y)` pair plexa's modules take."""
+    missing = [c for c in source.columns if c not in batch]
+    if missing:
+        raise DataError(
+            f"the Ray Data split has no column {', '.join(map(repr, missing))} (its batches "
+            f"hold {', '.join(map(repr, batch)) or 'no columns'}); RayDataset(features=..., "
+            "label=...) names the columns to read"
+        )
+    if isinstance(source.features, str):
+        x = batch[source.features]
+    else:
+        x = torch.cat([batch[c].reshape(len(batch[c]), -1) for c in source.features], 1)
+    return _to_tensors((x, batch[source.label]))
+
+
+@dataclasses.dataclass(frozen=True)
+class RayShard:
+    """A Ray Train worker's part of a Ray Data split: its `DataIterator` (Ray Train's
+    `get_dataset_shard`) and the whole split's rows, counted once in the driver."""
+
+    iterator: Any
+    rows: int
+
+
+class RayBatches:
+    """One rank's batches of a Ray Data split, for Lightning to iterate like a DataLoader.
+
+    `iterator` is Ray Data's `DataIterator`: the shard Ray Train gave this worker, or the whole
+    dataset's. Each pass (an epoch) reads it anew with `iter_torch_batches`; a shard's pass
+    starts when every worker starts its own (Ray Data's streaming split), so every rank makes
+    the same passes. `rows` is this rank's share, for the length; `skip` batches of the first
+    pass are read and dropped (an epoch resumed mid-way).
+    """
+
+    def __init__(
+        self,
+        iterator: Any,
+        source: RayDataset,
+        *,
+        rows: int,
+        batch_size: int,
+        limit: int | None,
+        skip: int,
+        shuffle_seed: Callable[[], int] | None,
+        prefetch: int,
+        pin_memory: bool,
+    ) -> None:
+        self.iterator, self.source, self.rows, self.batch_size = iterator, source, rows, batch_size
+        self.limit, self.skip, self.shuffle_seed = limit, skip, shuffle_seed
+        self.prefetch, self.pin_memory = prefetch, pin_memory
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A generator: nothing is read, and no pass starts, before its first batch is asked
+        for (Lightning calls `iter` once to check that a loader is iterable)."""
+        shuffle: dict[str, Any] = {}
+        if self.shuffle_seed is not None and self.source.shuffle_buffer:
+            shuffle = {
+                # Ray Data needs a buffer of at least one batch
+                "local_shuffle_buffer_size": max(self.source.shuffle_buffer, self.batch_size),
+                "local_shuffle_seed": self.shuffle_seed(),
+            }
+        batches = self.iterator.iter_torch_batches(
+            batch_size=self.batch_size,
+            prefetch_batches=self.prefetch,
+            pin_memory=self.pin_memory,
+            **shuffle,
+        )
+        skip, self.skip = self.skip, 0  # a later epoch starts at the beginning
+        pairs = (_ray_pair(self.source, batch) for batch in batches)
+        yield from itertools.islice(pairs, skip, self.limit)
+
+    def __len__(self) -> int:
+        """Without reading: Lightning asks for it before each epoch."""
+        batches = -(-self.rows // self.batch_size)
+        return batches if self.limit is None else min(batches, self.limit)
+
+
 def _epoch_hook(dataset: Any) -> Callable[[int], None] | None:
     """The dataset's `set_epoch`, looked up through `Subset`s (a federated client's part)."""
     while isinstance(dataset, torch.utils.data.Subset):
@@ -212,7 +339,9 @@ class StreamData(L.LightningDataModule):
     """Serves streaming splits through a DataLoader, this rank's share only, resumable mid-epoch.
 
     `data.loader` sets the loader: worker processes, batches each worker prefetches, pinned
-    memory and workers kept between epochs.
+    memory and workers kept between epochs. A Ray Data split is read by Ray Data instead
+    (`RayBatches`: `prefetch` and `pin_memory` apply, `workers` does not), from its entry in
+    `shards` (a Ray Train worker's `RayShard`) or, on one rank, whole.
     """
 
     def __init__(
@@ -223,10 +352,11 @@ class StreamData(L.LightningDataModule):
         limit: int | None,
         loader: LoaderSpec,
         eval_batch_size: int | None = None,
+        shards: Mapping[str, RayShard] | None = None,
     ) -> None:
         super().__init__()
         self.data, self.batch_size, self.seed, self.limit = data, batch_size, seed, limit
-        self.loader = loader
+        self.loader, self.shards = loader, dict(shards or {})
         self.eval_batch_size = eval_batch_size or batch_size
         self._resume: tuple[int, int] | None = None
 
@@ -254,6 +384,9 @@ class StreamData(L.LightningDataModule):
         trainer = self.trainer
         assert trainer is not None
         split = getattr(self.data, stage)
+        source = ray_source(split)
+        if source is not None:
+            return self._ray_loader(stage, split, source, train, start)
         dataset = split.dataset if isinstance(split, Stream) else ArrayDataset(split)
         batch = self.batch_size if train else self.eval_batch_size
         limit = None if self.limit is None else self.limit * batch
@@ -288,6 +421,44 @@ class StreamData(L.LightningDataModule):
             persistent_workers=spec.persistent_workers and workers > 0,
         )
 
+    def _ray_loader(
+        self,
+        stage: str,
+        split: Stream,
+        source: RayDataset,
+        train: bool,
+        start: tuple[int, int] | None,
+    ) -> RayBatches:
+        trainer = self.trainer
+        assert trainer is not None
+        rank, world = trainer.global_rank, trainer.world_size
+        shard = self.shards.get(stage)
+        if shard is None and world > 1:
+            raise UserError(
+                f"the {stage} split is a Ray Data dataset, which only Ray Train splits between "
+                f"{world} ranks: train it with compute.runner=ray (its data plugin saying so in "
+                "uses_ray), or on one device"
+            )
+        if shard is None:
+            shard = RayShard(source.dataset.select_columns(source.columns).iterator(), len(split))
+        seed = self.seed
+
+        def shuffle_seed() -> int:
+            return seed * 100_003 + trainer.current_epoch * 1_009 + rank
+
+        spec = self.loader
+        return RayBatches(
+            shard.iterator,
+            source,
+            rows=shard.rows // world,  # Ray Train gives every worker as many rows
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            limit=self.limit,
+            skip=start[1] if start else 0,
+            shuffle_seed=shuffle_seed if train else None,
+            prefetch=spec.prefetch,
+            pin_memory=spec.pin_memory and trainer.strategy.root_device.type == "cuda",
+        )
+
     def train_dataloader(self) -> Any:
         start, self._resume = self._resume, None
         if start is not None and not 0 < start[1] < self.batches_per_epoch():
@@ -309,6 +480,12 @@ def iter_batches(split: Split | Stream, batch_size: int) -> Iterator[tuple[Any, 
             end = start + batch_size
             yield _to_tensors((split.x[start:end], split.y[start:end]))
         return
+    source = ray_source(split)
+    if source is not None:
+        iterator = source.dataset.select_columns(source.columns).iterator()
+        for batch in iterator.iter_torch_batches(batch_size=batch_size, device="cpu"):
+            yield _ray_pair(source, batch)
+        return
     dataset = split.dataset
     samples: Iterator[Any] = (
         iter(dataset)
@@ -319,9 +496,20 @@ def iter_batches(split: Split | Stream, batch_size: int) -> Iterator[tuple[Any, 
         yield _collate(chunk)
 
 
+def first(split: Split | Stream, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` inputs and targets of a split, as arrays (of a Ray Data split,
+    only these rows are read)."""
+    if isinstance(split, Split):
+        return np.asarray(split.x[:samples]), np.asarray(split.y[:samples])
+    source = ray_source(split)
+    if source is not None:
+        split = Stream(dataclasses.replace(source, dataset=source.dataset.limit(samples)))
+    got = next(iter_batches(split, samples), None)
+    if got is None:
+        return np.empty((0,)), np.empty((0,))
+    return got[0].numpy(), got[1].numpy()
+
+
 def head(split: Split | Stream, samples: int) -> np.ndarray:
     """The first `samples` inputs of a split as one array."""
-    if isinstance(split, Split):
-        return np.asarray(split.x[:samples])
-    first = next(iter_batches(split, samples), None)
-    return np.empty((0,)) if first is None else first[0].numpy()
+    return first(split, samples)[0]

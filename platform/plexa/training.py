@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from plexa.errors import RunInterrupted, UserError
 from plexa.loaders import Chunks, DeviceBatches, to_tensors
 from plexa.plugins import DataSplits
 from plexa.runs import CHECKPOINTS
-from plexa.streaming import StreamData, is_streaming
+from plexa.streaming import RayShard, StreamData, is_streaming
 
 
 @dataclass
@@ -99,14 +99,15 @@ def data_module(
     data: DataSplits,
     train: TrainSpec,
     loader: LoaderSpec | None = None,
+    shards: Mapping[str, RayShard] | None = None,
 ) -> MemoryData | StreamData:
-    """The data module for `module`: streaming splits through a DataLoader (`loader`); splits
-    in memory on the device, chunked for plexa's task modules, plain batches for a plugin's
-    own LightningModule."""
+    """The data module for `module`: streaming splits through a DataLoader (`loader`), Ray
+    Data splits from this worker's `shards` (by stage); splits in memory on the device,
+    chunked for plexa's task modules, plain batches for a plugin's own LightningModule."""
     if is_streaming(data):
         return StreamData(
             data, train.batch_size, train.seed, train.limit_batches, loader or LoaderSpec(),
-            train.eval_batch_size,
+            train.eval_batch_size, shards,
         )  # fmt: skip
     chunk = getattr(module, "batches_per_step", 1)
     return MemoryData(
@@ -185,10 +186,12 @@ def fit_and_test(
     resume_from: Path | None = None,
     after_save: Sequence[Callable[[L.Trainer], None]] = (),
     prepare: Callable[[L.Trainer], L.Trainer] = lambda trainer: trainer,
+    shards: Mapping[str, RayShard] | None = None,
     **placement: Any,
 ) -> Fitted:
     """The training every runner shares; runners differ only in `placement` (accelerator,
-    devices, strategy, cluster plugins), `after_save` hooks and `prepare`."""
+    devices, strategy, cluster plugins), `after_save` hooks, `prepare` and, on Ray Train, the
+    worker's `shards` of Ray Data splits."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     t = spec.train
@@ -208,7 +211,7 @@ def fit_and_test(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    datamodule = data_module(module, data, t, spec.data.loader)
+    datamodule = data_module(module, data, t, spec.data.loader, shards)
     streaming = isinstance(datamodule, StreamData)
     cbs: list[L.Callback] = [checkpoint, EpochSeed(t.seed, per_batch=streaming), report]
     if streaming:

@@ -114,8 +114,10 @@ def partitions(spec: PipelineSpec, data: DataSplits) -> list[Any]:
     seed = spec.train.seed if fed.seed is None else fed.seed
     import numpy as np
 
-    from plexa.streaming import labels
+    from plexa.streaming import NO_RAY_PARTS, labels, ray_source
 
+    if ray_source(data.train) is not None:
+        raise UserError(f"data plugin '{spec.data.plugin}': {NO_RAY_PARTS}")
     targets = labels(data.train) if data.spec.task == "classification" else None
     if targets is None:
         if data.spec.task == "classification":

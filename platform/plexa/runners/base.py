@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from plexa import lineage
-from plexa.assembly import Assembled, assemble, load_weights
+from plexa.assembly import Assembled, assemble, build, load_weights
 from plexa.config import PipelineSpec
 from plexa.errors import RunInterrupted
 from plexa.events import Event, Sink
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from plexa.export import ExportResult
+    from plexa.plugins import DataSplits
     from plexa.tracking import Tracker
 
 
@@ -81,14 +82,16 @@ class Trained:
     """What a runner's training leaves for `finish`.
 
     `model` is None where training ran in other processes (Ray workers, Tune trials): `finish`
-    then builds the pipeline and loads the best checkpoint. `spec` is the pipeline that trained
-    the model when it is not the job's own (a sweep's best trial)."""
+    then builds the pipeline and loads the best checkpoint, on `data` when the runner loaded
+    it here already. `spec` is the pipeline that trained the model when it is not the job's own
+    (a sweep's best trial)."""
 
     metrics: dict[str, float]
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     model: Assembled | None = None
     spec: PipelineSpec | None = None
+    data: DataSplits | None = None
 
 
 @dataclass
@@ -157,7 +160,7 @@ def finish(job: Job, trained: Trained) -> RunResult:
     tracker, spec = job.tracker, trained.spec or job.spec
     built = trained.model
     if built is None:
-        built = assemble(spec)
+        built = assemble(spec) if trained.data is None else build(spec, trained.data)
         load_weights(built.module, trained.best_checkpoint or trained.last_checkpoint)
     job.log_setup(built)
     tracker.log_metrics(trained.metrics)

@@ -53,6 +53,14 @@ class FederatedRunner(Runner):
             raise UserError("the federated runner needs a federated: section in the pipeline")
         if resume:
             raise ResumeError("a federated run cannot be resumed; start it again")
+        from plexa.assembly import uses_ray
+
+        if uses_ray(spec):
+            from plexa.streaming import NO_RAY_PARTS
+
+            raise UserError(
+                f"data plugin '{spec.data.plugin}' returns Ray Data splits: {NO_RAY_PARTS}"
+            )
 
     def train(self, job: Job) -> Trained:
         import torch

@@ -1,8 +1,12 @@
-"""The local runner: Lightning on this machine, on CPU, one GPU, or several GPUs with DDP."""
+"""The local runner: Lightning on this machine, on CPU, one GPU, or several GPUs with DDP.
+A data plugin's Ray Data splits are read in this process, from Ray started (or joined) here."""
 
 from __future__ import annotations
 
-from plexa.assembly import assemble
+import contextlib
+
+from plexa.assembly import assemble, uses_ray
+from plexa.config import PipelineSpec
 from plexa.runners import register
 from plexa.runners.base import Job, Runner, Trained
 from plexa.training import fit_and_test, placement
@@ -11,6 +15,17 @@ from plexa.training import fit_and_test, placement
 @register("local")
 class LocalRunner(Runner):
     name = "local"
+
+    def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
+        """Ray for a data plugin that returns Ray Data splits, started (or joined) as the ray
+        runner does, before the plugin loads: its splits are then read in this process."""
+        if not uses_ray(spec):
+            return contextlib.nullcontext()
+        from plexa.quiet import quiet_ray_data
+        from plexa.runners.ray import ray_session
+
+        quiet_ray_data()
+        return ray_session(spec)
 
     def train(self, job: Job) -> Trained:
         place = placement(job.spec.compute)

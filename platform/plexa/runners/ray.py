@@ -9,6 +9,10 @@ replace Lightning's own (one worker trains as Lightning alone would), a hook han
 checkpoints to Ray (so a restarted worker group resumes from the last), and rank zero announces
 each epoch to the driver, which emits it as an event to the run's sinks (`epoch_relay`). Model
 and task code are untouched.
+
+A data plugin's Ray Data splits (`plexa.RayDataset`) are loaded in the driver and handed to
+Ray Train, which gives each worker its streaming split of each; a worker reads its own with
+`get_dataset_shard`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plexa.config import ComputeSpec, PipelineSpec
-from plexa.errors import RunFailed, RunInterrupted, UnreachableError
+from plexa.errors import RunFailed, RunInterrupted, UnreachableError, UserError
 from plexa.interrupts import sigterm_as_ctrl_c
 from plexa.runners import register
 from plexa.runners.base import Job, Runner, Trained
@@ -46,8 +50,6 @@ def _ray() -> Any:
         import ray
         import ray.train  # noqa: F401
     except ImportError as exc:  # heavy and optional: say how to get it
-        from plexa.errors import UserError
-
         raise UserError(INSTALL_HINT) from exc
     return ray
 
@@ -115,6 +117,24 @@ def ray_session(spec: PipelineSpec) -> Iterator[None]:
 class RayRunner(Runner):
     name = "ray"
 
+    def check(self, spec: PipelineSpec, resume: str | None) -> None:
+        """On Ray started here, Ray Data's reads need a CPU the training workers leave free:
+        without one they wait for ever. (A cluster's CPUs are its own, and may grow.)"""
+        from plexa.assembly import uses_ray
+
+        c = spec.compute
+        if c.address or os.environ.get("RAY_ADDRESS") or not uses_ray(spec):
+            return
+        ray = _ray()
+        here = ray.cluster_resources().get("CPU") if ray.is_initialized() else os.cpu_count()
+        cpus, reserved = float(here or 0), c.workers * c.cpus_per_worker
+        if cpus - reserved < 1:
+            raise UserError(
+                f"data plugin '{spec.data.plugin}' reads with Ray Data, whose reads need a CPU "
+                f"of their own, but the {c.workers} Ray Train workers reserve {reserved:g} of "
+                f"the {cpus:g} CPUs here: lower compute.cpus_per_worker or compute.workers"
+            )
+
     def session(self, spec: PipelineSpec) -> contextlib.AbstractContextManager[None]:
         return ray_session(spec)
 
@@ -132,15 +152,26 @@ class RayRunner(Runner):
         )
         from ray.train.torch import TorchTrainer
 
+        from plexa.assembly import load_data, uses_ray
         from plexa.plugins import architectures, datasets
         from plexa.runners.epoch_relay import Relay
 
         spec, run_dir, c = job.spec, job.run_dir, job.spec.compute
         run_id = job.tracker.run_id
+        data, ray_data = None, {}
+        if uses_ray(spec):  # Ray Train splits the datasets between the workers
+            from plexa.quiet import quiet_ray_data
+            from plexa.streaming import ray_datasets
+
+            quiet_ray_data()
+            data = load_data(spec)
+            ray_data = ray_datasets(data)
         config = {
             "spec": spec.model_dump(mode="json"),
             "run_id": run_id,
             "run_dir": str(run_dir),
+            # the stages a worker reads from its shards, each with its rows (counted here once)
+            "ray_data": {stage: len(getattr(data, stage)) for stage in ray_data},
             # plugins registered in this process (decorators) travel with the job, as bytes
             # that only the workers unpickle: unpickled, they would import torch and Lightning
             # into Ray Train's controller too, seconds of its start-up before any worker starts
@@ -159,6 +190,7 @@ class RayRunner(Runner):
         trainer = TorchTrainer(
             _worker,
             train_loop_config=config,
+            datasets=ray_data or None,
             scaling_config=ScalingConfig(
                 num_workers=c.workers,
                 use_gpu=c.gpus_per_worker > 0,
@@ -201,7 +233,7 @@ class RayRunner(Runner):
         metrics = {
             k: float(v) for k, v in result.metrics.items() if k.startswith(("test/", "best_"))
         }
-        return Trained(metrics, best if best.exists() else last, last)
+        return Trained(metrics, best if best.exists() else last, last, data=data)
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -218,9 +250,14 @@ def _worker(config: dict[str, Any]) -> None:
     from plexa.assembly import assemble, monitor
     from plexa.plugins import architectures, datasets
     from plexa.quiet import quiet_libraries
+    from plexa.streaming import RayShard
     from plexa.training import fit_and_test
 
     quiet_libraries()
+    if config["ray_data"]:
+        from plexa.quiet import quiet_ray_data
+
+        quiet_ray_data()
     payload = pickle.loads(config["payload"])
     arch_cls, data_cls = payload["plugins"]
     for registry, cls in ((architectures, arch_cls), (datasets, data_cls)):
@@ -306,6 +343,11 @@ def _worker(config: dict[str, Any]) -> None:
         )
     else:  # nothing to synchronise: DDP's gradient hooks would only cost time (8% a step here)
         placement.update(devices=1)
+    # this worker's streaming split of each Ray Data split the driver handed to Ray Train
+    shards = {
+        stage: RayShard(ray.train.get_dataset_shard(stage), rows)
+        for stage, rows in config["ray_data"].items()
+    }
     trained = fit_and_test(
         spec,
         built.data,
@@ -316,6 +358,7 @@ def _worker(config: dict[str, Any]) -> None:
         callbacks=callbacks,
         resume_from=resume_from,
         after_save=[hand_to_ray],
+        shards=shards,
         **placement,
     )
     final = ray.train.Checkpoint.from_directory(str(run_dir / CHECKPOINTS)) if rank == 0 else None
