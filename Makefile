@@ -32,8 +32,12 @@ lint: setup
 # two workers, each taking whole files: a file's module fixtures (a server, a Ray cluster, a
 # shared run) start once. Not loadgroup: with pytest 9.2 its groups are silently dropped
 # (pytest-xdist#1386), and every test is scheduled on its own
-test: lint system
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+# (lint runs beside the tests, its output printed after theirs; either failing fails the target)
+test: setup system
+	@log=$$(mktemp); $(MAKE) --no-print-directory lint >$$log 2>&1 & linting=$$!; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile; tests=$$?; \
+	wait $$linting; linted=$$?; cat $$log; rm -f $$log; \
+	test $$tests -eq 0 && test $$linted -eq 0
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
