@@ -6,12 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup system demo test lint bench ui clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/install-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[all,dev]'
-	# bytecode on all cores (pip compiles file by file); like pip, a file that does not compile
-	# (a package's Python 2 test data) is skipped, so compileall's status is not the install's
-	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
+	scripts/install-packages $(BIN)/python  # uv where it can, else pip; bytecode on all cores
 	touch $(STAMP)
 
 setup: $(STAMP)

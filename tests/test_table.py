@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from plexa import DataError, orchestrator
 from plexa.config import load_pipeline, validate
-from plexa.plugins import Split, Stream
+from plexa.plugins import Batch, Split, Stream
 from plexa.serving import resolve_all
 from plexa.serving.app import create_app
 from plexa.serving.model import load
@@ -237,6 +237,12 @@ def test_a_table_over_its_memory_limit_streams_the_rows_it_would_hold(
         x = np.stack([rows[i][0] for i in range(len(rows))])
         np.testing.assert_allclose(x, held.x, rtol=0, atol=1e-6)
         assert [int(rows[i][1]) for i in range(len(rows))] == held.y.tolist()
+        # a batch read at once (the loaders' batched fetch), in an order crossing row groups
+        order = np.random.default_rng(1).permutation(len(rows))
+        batch = rows.__getitems__(order.tolist())
+        assert isinstance(batch, Batch) and batch.x.dtype == np.float32
+        np.testing.assert_array_equal(batch.x, x[order])
+        assert batch.y.tolist() == held.y[order].tolist()
     cache = list((tmp_path / ".plexa-cache").glob("*.parquet"))
     assert len(cache) == (suffix == ".csv")  # Parquet in small row groups is read in place
 

@@ -282,11 +282,13 @@ def test_an_export_that_breaks_parity_fails_the_run(workdir: Path) -> None:
     assert run.info.status == "FAILED"
 
 
-# a sweep's smoke run is one trial, a federated one round of two clients (tests/test_sweep.py
-# and tests/test_federated.py cover both in depth)
+# a sweep's smoke run is one trial, a federated one round of two clients, and diffusion scores
+# 50 samples, each 100 denoising steps (tests/test_sweep.py, tests/test_federated.py and
+# tests/test_generative.py cover them in depth)
 SMOKE_OVERRIDES = {
     "digits-nas": ("sweep.trials=1", "sweep.latency_runs=5"),
     "digits-federated": ("federated.clients=2", "federated.rounds=1"),
+    "digits-diffusion": ("model.params.score_samples=50",),
 }
 
 

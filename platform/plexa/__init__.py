@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 PUBLIC_MODULES = (
     "plexa",
-    "plexa.plugins",  # Architecture, DataPlugin, ..., DataSplits, Split, Stream, RayDataset
+    "plexa.plugins",  # Architecture, DataPlugin, ..., DataSplits, Split, Stream, Batch, RayDataset
     "plexa.config",  # the pipeline's spec classes (TrainSpec, ...), load_pipeline, validate
     "plexa.errors",  # UserError, DataError, ... and their exit codes
     "plexa.artifacts",  # log_image: what a plugin logs into the run it trains in
@@ -29,6 +29,7 @@ PUBLIC_MODULES = (
 
 _LAZY = {
     "Architecture": "plexa.plugins",
+    "Batch": "plexa.plugins",
     "DataPlugin": "plexa.plugins",
     "PluginConfig": "plexa.plugins",
     "DataSpec": "plexa.plugins",
@@ -55,6 +56,7 @@ _LAZY = {
 
 __all__ = [
     "Architecture",
+    "Batch",
     "ConfigError",
     "DataError",
     "DataPlugin",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
     from plexa.orchestrator import run
     from plexa.plugins import (
         Architecture,
+        Batch,
         DataPlugin,
         DataSpec,
         DataSplits,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -100,6 +100,15 @@ class RayDataset:
         return int(self._cache["rows"])
 
 
+class Batch(NamedTuple):
+    """Samples already stacked: what a map-style streaming dataset's `__getitems__` may return
+    instead of a list of `(x, y)` pairs, so a batch read at once is not split up and collated
+    again. `x` has the batch first; `y` is one target per sample."""
+
+    x: Any
+    y: Any
+
+
 @dataclass(frozen=True)
 class Stream:
     """One split read from storage as training needs it, never held whole in memory.
@@ -107,7 +116,10 @@ class Stream:
     `dataset` is a PyTorch dataset whose samples are `(x, y)` pairs: map-style (random access:
     the core shuffles it by index and gives each rank its share) or an `IterableDataset` (the
     core asks it for each reader's share with `shard(index, count)` when it has that method,
-    and otherwise keeps every `count`-th sample). `labels`, the split's targets alone, lets the
+    and otherwise keeps every `count`-th sample). A map-style dataset that reads many samples
+    at once more cheaply than one by one (rows of one Parquet row group) defines PyTorch's
+    batched fetch, `__getitems__(indices)`, and may return a `Batch`; the core's loaders and
+    `iter_batches` use it. `labels`, the split's targets alone, lets the
     core partition it (federated clients) without reading a single input.
 
     `dataset` may also be a `RayDataset`, a Ray Data dataset with its feature and label

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from plexa.errors import DataError, UserError
-from plexa.plugins import RayDataset, Split, Stream
+from plexa.plugins import Batch, RayDataset, Split, Stream
 
 if TYPE_CHECKING:
     from plexa.config import LoaderSpec
@@ -329,9 +329,12 @@ def _to_tensors(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _collate(samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(samples: list[Any] | Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of `(x, y)` samples stacked, or a `Batch` a dataset's `__getitems__` stacked."""
     from torch.utils.data import default_collate
 
+    if isinstance(samples, Batch):
+        return _to_tensors(tuple(samples))
     return _to_tensors(default_collate(samples))
 
 
@@ -487,6 +490,11 @@ def iter_batches(split: Split | Stream, batch_size: int) -> Iterator[tuple[Any, 
             yield _ray_pair(source, batch)
         return
     dataset = split.dataset
+    batched = getattr(dataset, "__getitems__", None)
+    if batched is not None and not isinstance(dataset, IterableDataset):
+        for start in range(0, len(dataset), batch_size):
+            yield _collate(batched(list(range(start, min(start + batch_size, len(dataset))))))
+        return
     samples: Iterator[Any] = (
         iter(dataset)
         if isinstance(dataset, IterableDataset)
