@@ -178,10 +178,14 @@ def hand_epoch(folder: str, workers: int) -> dict[str, float]:
 
 def _cgroup(cap_mb: int) -> None:
     CGROUP.mkdir(exist_ok=True)
-    (CGROUP / "memory.limit_in_bytes").write_text(str(cap_mb * 2**20))
-    for knob in ("memory.memsw.limit_in_bytes",):  # no swapping around the cap, where it exists
-        if (CGROUP / knob).exists():
-            (CGROUP / knob).write_text(str(cap_mb * 2**20))
+    limit = cap_mb * 2**20
+    knobs = [CGROUP / "memory.limit_in_bytes"]
+    swap = CGROUP / "memory.memsw.limit_in_bytes"  # no swapping around the cap, where it exists
+    knobs += [swap] if swap.exists() else []
+    # memory + swap may never be set below memory alone: raised first, lowered last
+    raising = limit > int(knobs[0].read_text())
+    for knob in reversed(knobs) if raising else knobs:
+        knob.write_text(str(limit))
 
 
 def _contender(kind: str, folder: Path, workers: int, cap_mb: int, scratch: Path) -> dict:
@@ -200,6 +204,7 @@ def _contender(kind: str, folder: Path, workers: int, cap_mb: int, scratch: Path
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
            "PLEXA_RUNS_DIR": str(scratch / "runs")}  # fmt: skip
     started = time.perf_counter()
+
     def enter_cgroup() -> None:  # in the child, before it runs anything
         (CGROUP / "cgroup.procs").write_text(str(os.getpid()))
 
