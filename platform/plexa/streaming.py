@@ -334,7 +334,7 @@ def _collate(samples: list[Any] | Batch) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.utils.data import default_collate
 
     if isinstance(samples, Batch):
-        return _to_tensors(tuple(samples))
+        return _to_tensors(samples)
     return _to_tensors(default_collate(samples))
 
 
@@ -490,16 +490,13 @@ def iter_batches(split: Split | Stream, batch_size: int) -> Iterator[tuple[Any, 
             yield _ray_pair(source, batch)
         return
     dataset = split.dataset
-    batched = getattr(dataset, "__getitems__", None)
-    if batched is not None and not isinstance(dataset, IterableDataset):
-        for start in range(0, len(dataset), batch_size):
-            yield _collate(batched(list(range(start, min(start + batch_size, len(dataset))))))
+    if not isinstance(dataset, IterableDataset):
+        from torch.utils.data import DataLoader
+
+        # in order, here; PyTorch's fetcher reads with the dataset's `__getitems__` if it has one
+        yield from DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
         return
-    samples: Iterator[Any] = (
-        iter(dataset)
-        if isinstance(dataset, IterableDataset)
-        else (dataset[i] for i in range(len(dataset)))
-    )
+    samples = iter(dataset)
     while chunk := list(itertools.islice(samples, batch_size)):
         yield _collate(chunk)
 

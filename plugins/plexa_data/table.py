@@ -1006,9 +1006,8 @@ class TableRows:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, Any]:
-        row = int(self.rows[i])
-        group = int(np.searchsorted(self.starts, row, side="right")) - 1
-        return self._group(group)[row - int(self.starts[group])].copy(), self.labels[i]
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
     def __getitems__(self, indices: list[int]) -> Batch:
         """A batch's rows at once (PyTorch's batched fetch): each row group it touches is
@@ -1016,15 +1015,14 @@ class TableRows:
         picked = np.asarray(indices, dtype=np.int64)
         rows = self.rows[picked]
         groups = np.searchsorted(self.starts, rows, side="right") - 1
-        x: np.ndarray | None = None
-        for group in np.unique(groups):
-            mine = groups == group
-            decoded = self._group(int(group))
-            if x is None:
-                x = np.empty((len(rows), decoded.shape[1]), dtype=decoded.dtype)
-            x[mine] = decoded[rows[mine] - self.starts[group]]
-        if x is None:  # no rows asked for
+        parts = [self._group(int(g))[rows[groups == g] - self.starts[g]] for g in np.unique(groups)]
+        if not parts:
             x = np.empty((0, Encoder(self.spec).width), dtype=np.float32)
+        elif len(parts) == 1:  # the usual case: a shuffled block lies in one row group
+            x = parts[0]
+        else:  # the parts hold the rows sorted by row group: put them back in the asked order
+            x = np.empty((len(rows), parts[0].shape[1]), dtype=parts[0].dtype)
+            x[np.argsort(groups, kind="stable")] = np.concatenate(parts)
         return Batch(x, self.labels[picked])
 
     def _group(self, group: int) -> np.ndarray:
