@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from plexa.loaders import Chunk, DeviceBatches
+from plexa.loaders import ALIGNMENT, Chunk, DeviceBatches, aligned, to_tensors
+from plexa.plugins import Split
 
 
 def batches(n: int = 103, **kwargs) -> DeviceBatches:
@@ -67,3 +69,16 @@ def test_a_chunk_survives_ddp_moving_it_to_a_gpu() -> None:
     assert torch.equal(batches[1][0], torch.ones(3, 2))
     plain = (torch.zeros(3, 2), torch.zeros(3))
     assert _batches(plain) == [plain]
+
+
+def test_numpy_data_off_a_64_byte_boundary_is_copied_into_aligned_memory() -> None:
+    buffer = np.zeros(64 * 10 + 64, dtype=np.uint8)
+    start = (-buffer.ctypes.data) % ALIGNMENT + 4  # 4 bytes past a boundary
+    x = buffer[start : start + 64 * 10].view(np.float32).reshape(10, 16)
+    x[:] = np.arange(160, dtype=np.float32).reshape(10, 16)
+    y = np.arange(10)
+    tx, ty = to_tensors(Split(x, y), torch.device("cpu"))
+    assert tx.data_ptr() % ALIGNMENT == 0 and ty.data_ptr() % ALIGNMENT == 0
+    assert np.array_equal(tx.numpy(), x) and np.array_equal(ty.numpy(), y)
+    held = torch.zeros(8)  # torch's own memory is aligned already and is not copied
+    assert aligned(held).data_ptr() == held.data_ptr()

@@ -61,13 +61,29 @@ RESUMABLE = (
 )
 
 
+def assert_same_history(a: str, b: str) -> None:
+    """Two runs logged the same values at the same steps.
+
+    Up to the last float32 bit: MKL promises bitwise-equal results only under conditions torch
+    does not set. A seeding or resume bug moves a value by far more (one sample of accuracy out
+    of a thousand is 1e-3).
+    """
+    first, second = history(a), history(b)
+    assert {k: [s for s, _ in v] for k, v in first.items()} == {
+        k: [s for s, _ in v] for k, v in second.items()
+    }
+    for key in first:
+        ours, theirs = [v for _, v in first[key]], [v for _, v in second[key]]
+        assert ours == pytest.approx(theirs, rel=1e-6), key
+
+
 def test_same_seed_gives_identical_metrics_twice(workdir: Path) -> None:
     spec = spec_of("digits-mlp", *RESUMABLE, "train.max_epochs=2")
     first = orchestrator.run(spec)
     second = orchestrator.run(spec)
     assert first.run_id != second.run_id
-    assert first.metrics == second.metrics
-    assert history(first.run_id) == history(second.run_id)
+    assert first.metrics == pytest.approx(second.metrics, rel=1e-6)
+    assert_same_history(first.run_id, second.run_id)
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(workdir: Path) -> None:
@@ -84,10 +100,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(workdir: Path) -> No
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
 
     straight = orchestrator.run(spec)
-    assert history(run_id) == history(straight.run_id)
+    assert_same_history(run_id, straight.run_id)
     steps = [step for step, _ in history(run_id)["global_step"]]
     assert steps == [0, 1, 2, 3, 4]
-    assert resumed.metrics == straight.metrics
+    assert resumed.metrics == pytest.approx(straight.metrics, rel=1e-6)
 
 
 def test_resume_refuses_a_changed_pipeline_or_a_finished_run(workdir: Path) -> None:

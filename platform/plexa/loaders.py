@@ -84,13 +84,27 @@ class DeviceBatches:
 def to_tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
-    x = torch.as_tensor(split.x)
+    x = aligned(torch.as_tensor(split.x))
     if x.is_floating_point():
         x = x.float()
-    y = torch.as_tensor(split.y)
+    y = aligned(torch.as_tensor(split.y))
     if y.is_floating_point():
         y = y.float()
     return x.to(device), y.to(device)
+
+
+ALIGNMENT = 64  # bytes; torch's CPU allocator's own alignment
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, copied into torch's own memory when it starts off a 64-byte boundary.
+
+    A tensor made from a NumPy array shares NumPy's buffer, whose alignment changes from run to
+    run. MKL's kernels take an alignment-dependent path (Intel documents that its results are
+    reproducible only for aligned operands), so the same seed could give losses that differ in
+    the last bit between two runs.
+    """
+    return t.clone() if t.device.type == "cpu" and t.data_ptr() % ALIGNMENT else t
 
 
 class Chunk(list):

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from plexa.errors import DataError, UserError
+from plexa.loaders import aligned
 from plexa.plugins import Batch, RayDataset, Split, Stream
 
 if TYPE_CHECKING:
@@ -321,7 +322,7 @@ class ArrayDataset(Dataset):
 
 def _to_tensors(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    x, y = aligned(torch.as_tensor(x)), aligned(torch.as_tensor(y))
     if x.is_floating_point() and x.dtype != torch.float32:
         x = x.float()
     if y.is_floating_point() and y.dtype != torch.float32:
