@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pytest
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from plexa import orchestrator
 from plexa.config import load_pipeline
@@ -150,6 +150,38 @@ def test_a_blocked_shuffle_keeps_blocks_whole_and_ranks_even() -> None:
     one = list(EpochOrder(1000, shuffle=True, seed=3, epoch=lambda: 2, rank=0, world_size=1,
                           block=64))  # fmt: skip
     assert one != sorted(one) and sorted(one) == list(range(1000))
+
+
+class WhoReads(Dataset):
+    """Each sample is (index, the loader worker that read it)."""
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        info = get_worker_info()
+        return i, info.id if info is not None else -1
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_each_loader_worker_reads_whole_blocks(shuffle: bool) -> None:
+    sampler = EpochOrder(1000, shuffle=shuffle, seed=3, epoch=lambda: 1, rank=0, world_size=1,
+                         block=64, readers=2, batch=16)  # fmt: skip
+    loader = DataLoader(WhoReads(), batch_size=16, sampler=sampler, num_workers=2)
+    readers: dict[int, set[int]] = {}
+    seen = []
+    for index, worker in loader:
+        seen += index.tolist()
+        for i, w in zip(index.tolist(), worker.tolist(), strict=True):
+            readers.setdefault(i // 64, set()).add(w)
+    plain = EpochOrder(1000, shuffle=shuffle, seed=3, epoch=lambda: 1, rank=0, world_size=1,
+                       block=64)  # fmt: skip
+    assert sorted(seen) == sorted(plain) and len(seen) == len(plain)
+    assert seen != list(plain)  # reordered for the workers
+    whole = [b for b, workers in readers.items() if len(workers) == 1]
+    # 64-sample blocks in 16-sample batches: only the short last block (1000 = 15 * 64 + 40)
+    # and the block it is read beside are shared between the workers
+    assert len(readers) - len(whole) == 2
 
 
 class Numbers(IterableDataset):

@@ -104,7 +104,9 @@ class EpochOrder(Sampler[int]):
     before; under several ranks each takes every `world_size`-th index, and training first cuts
     the permutation to a multiple of `world_size` so every rank runs the same number of steps.
     `start` (epoch, samples) makes the first pass continue an interrupted epoch; with `block`,
-    the shuffle keeps runs of `block` neighbouring samples together (`Stream.block`).
+    the shuffle keeps runs of `block` neighbouring samples together (`Stream.block`), and with
+    `readers` loader workers taking `batch`-sized batches in turn, the batches of `readers`
+    blocks are interleaved so that each block is read by one worker, which decodes it once.
     """
 
     def __init__(
@@ -120,15 +122,19 @@ class EpochOrder(Sampler[int]):
         start: tuple[int, int] | None = None,
         on_epoch: Callable[[int], None] | None = None,
         block: int | None = None,
+        readers: int = 1,
+        batch: int = 1,
     ) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
         self.rank, self.world_size, self.limit, self.start = rank, world_size, limit, start
-        self.on_epoch, self.block = on_epoch, block
+        self.on_epoch, self.block, self.readers, self.batch = on_epoch, block, readers, batch
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = self.size
         if self.shuffle and self.block:
             order = self._blocked(epoch)
+        elif self.block and self.world_size == 1 and self.readers > 1:  # evaluation, in order
+            order = _interleaved(list(torch.arange(n).split(self.block)), self.readers, self.batch)
         elif self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=gen)
@@ -148,8 +154,7 @@ class EpochOrder(Sampler[int]):
         for start in starts[self.rank :: self.world_size].tolist():
             inner = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 7_919 + start)
             parts.append(start + torch.randperm(min(block, n - start), generator=inner))
-        order = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
-        return order[: self._blocked_length()]
+        return _interleaved(parts, self.readers, self.batch)[: self._blocked_length()]
 
     def _blocked_length(self) -> int:
         """What every rank gets whichever blocks it drew: its share of whole blocks, less the
@@ -180,6 +185,22 @@ class EpochOrder(Sampler[int]):
         else:
             length = len(range(self.rank, n, world))
         return length if self.limit is None else min(length, self.limit)
+
+
+def _interleaved(parts: list[torch.Tensor], readers: int, batch: int) -> torch.Tensor:
+    """The parts' samples in an order where a DataLoader with `readers` workers, which hands
+    batch `i` to worker `i % readers`, gives each worker whole parts: the full batches of each
+    `readers` parts taken in turn, and what is left of every part over at the end."""
+    if readers <= 1 or not parts:
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    out, rest = [], []
+    for first in range(0, len(parts), readers):
+        group = parts[first : first + readers]
+        full = [p[: len(p) // batch * batch].view(-1, batch) for p in group]
+        rest += [p[len(p) // batch * batch :] for p in group]
+        for turn in range(max(len(f) for f in full)):
+            out += [f[turn] for f in full if turn < len(f)]
+    return torch.cat(out + rest)
 
 
 class IterableShard(IterableDataset):
@@ -411,6 +432,8 @@ class StreamData(L.LightningDataModule):
                 start=(start[0], start[1] * batch) if start else None,
                 on_epoch=_epoch_hook(dataset),
                 block=split.block if isinstance(split, Stream) else None,
+                readers=self.loader.workers,
+                batch=batch,
             )
         spec = self.loader
         workers = spec.workers
