@@ -29,8 +29,9 @@ class EpochSeed(L.Callback):
         self.seed, self.per_batch = seed, per_batch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(
-            self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank
+        reseed(
+            self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank,
+            pl_module.device,
         )
 
     def on_train_batch_start(
@@ -39,9 +40,23 @@ class EpochSeed(L.Callback):
         # a run that resumes mid-epoch (streaming data) then draws the masks it would have
         if self.per_batch:
             epoch = trainer.current_epoch
-            torch.manual_seed(
-                self.seed * 1_000_003 + epoch * 1_009 + idx * 65_537 + trainer.global_rank
+            reseed(
+                self.seed * 1_000_003 + epoch * 1_009 + idx * 65_537 + trainer.global_rank,
+                pl_module.device,
             )
+
+
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator and the one of the device the module runs on.
+
+    `torch.manual_seed` also seeds every CUDA and XPU device, even absent ones: about 0.3 ms a
+    call on a CPU-only machine, a quarter of a small model's training step when done per batch.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current device: each DDP rank sets its own
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
 
 
 class EpochReport(L.Callback):
