@@ -293,6 +293,18 @@ def _summary(console: Console, pipeline: object, result: RunResult) -> None:
         )
         if ex.registered_name:
             table.add_row("registered", f"models:/{ex.registered_name}/{ex.registered_version}")
+        if (q := ex.quantized) is not None:
+            table.add_row(
+                "ONNX int8",
+                f"{q.path} ({q.mode}): {q.int8_bytes:,} bytes vs {q.float_bytes:,}, "
+                f"latency x{q.latency_ratio:.2f}, {q.metric} {q.int8_value:.4f} vs "
+                f"{q.float_value:.4f}",
+            )
+            if ex.registered_name and q.registered_version:
+                table.add_row(
+                    "registered int8",
+                    f"models:/{ex.registered_name}@int8 (version {q.registered_version})",
+                )
     console.print(table)
     console.print(f"dashboard: plexa ui    rerun: plexa run --from {result.run_id}")
 
