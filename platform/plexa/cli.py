@@ -731,6 +731,7 @@ def generate(
     epilog=_examples(
         "plexa serve models:/digits-cnn/1",
         "plexa serve digits=models:/digits-cnn@champion --port 8080",
+        "plexa serve digits-int8=models:/digits-cnn@int8",
         "plexa serve plexa-runs/RUN_ID/export/model.onnx --no-batching",
         "plexa serve RUN_ID --ray --replicas 2",
     )
@@ -739,8 +740,9 @@ def serve(
     targets: Annotated[
         list[str],
         typer.Argument(
-            help="What to serve: FILE.onnx, models:/NAME/VERSION, models:/NAME@ALIAS or a run "
-            "id; NAME=TARGET picks the name in URLs.",
+            help="What to serve: FILE.onnx, models:/NAME/VERSION, models:/NAME@ALIAS, a run "
+            "id (its float export) or runs:/RUN_ID/onnx-model-int8 (its int8 copy; registered: "
+            "models:/NAME@int8); NAME=TARGET picks the name in URLs.",
             show_default=False,
         ),
     ],

@@ -162,7 +162,9 @@ def quantize(float_path: Path, spec: PipelineSpec, data: DataSplits) -> Quantize
     try:
         with _quiet():
             _quantize_file(float_path, out, settings, calibration)
-        _keep_metadata(float_path, out, settings)
+        _keep_metadata(
+            float_path, out, settings.mode, None if calibration is None else len(calibration)
+        )
         float_session, int8_session = _session(float_path), _session(out)
     except Exception as exc:  # onnxruntime raises its own types (Fail, NotImplemented, ...)
         raise QuantizeError(
@@ -170,13 +172,13 @@ def quantize(float_path: Path, spec: PipelineSpec, data: DataSplits) -> Quantize
             f"{type(exc).__name__}: {exc}. Try the other export.quantize.mode, or remove "
             "export.quantize."
         ) from exc
-    float_bytes, int8_bytes = float_path.stat().st_size, out.stat().st_size
-    if int8_bytes >= float_bytes:
+    if not _quantized_ops(out):
         raise QuantizeError(
-            f"{where}: {settings.mode} quantization left nothing smaller ({int8_bytes} bytes "
-            f"vs {float_bytes} float): ONNX Runtime found no operator of this network to "
-            "quantize. Try the other export.quantize.mode, or remove export.quantize."
+            f"{where}: ONNX Runtime's {settings.mode} quantization found no operator of this "
+            "network to quantize. Try the other export.quantize.mode, or remove "
+            "export.quantize."
         )
+    float_bytes, int8_bytes = float_path.stat().st_size, out.stat().st_size
     metric = METRICS[task]
     float_value = evaluate(float_session, data, metric)
     try:
@@ -296,7 +298,7 @@ def _calibration_inputs(split: Split | Stream, samples: int, spec: PipelineSpec)
     return np.ascontiguousarray(x)
 
 
-def _keep_metadata(source: Path, out: Path, settings: QuantizeSpec) -> None:
+def _keep_metadata(source: Path, out: Path, mode: str, calibrated: int | None) -> None:
     """The float file's self-description (task, shapes, names, normalisation) on the int8 file,
     which a server needs as much, plus how it was quantized."""
     import onnx
@@ -304,16 +306,26 @@ def _keep_metadata(source: Path, out: Path, settings: QuantizeSpec) -> None:
     model = onnx.load(str(source), load_external_data=False)
     quantized = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props}
-    calibrated = settings.calibration_samples if settings.mode == "static" else None
     props["quantization"] = json.dumps(
-        {"variant": VARIANT, "mode": settings.mode, "calibration_samples": calibrated}
+        {"variant": VARIANT, "mode": mode, "calibration_samples": calibrated}
     )
     del quantized.metadata_props[:]
     for key, value in props.items():
         entry = quantized.metadata_props.add()
         entry.key, entry.value = key, value
-    quantized.doc_string = f"{model.doc_string} int8 ({settings.mode} quantization)."
+    quantized.doc_string = f"{model.doc_string} int8 ({mode} quantization)."
     onnx.save_model(quantized, str(out), save_as_external_data=False)
+
+
+def _quantized_ops(path: Path) -> int:
+    """How many nodes compute in int8 (or convert to it): none means nothing was quantized."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(
+        "Quantize" in n.op_type or n.op_type.endswith("Integer") or n.op_type.startswith("QLinear")
+        for n in graph.node
+    )
 
 
 # --------------------------------------------------------------------------- measuring
