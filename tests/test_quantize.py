@@ -252,3 +252,13 @@ def test_quantize_settings_are_checked_with_their_paths() -> None:
         validate(generative)
     spec = validate({**raw, "export": {"quantize": {"mode": "static"}}})
     assert spec.export.quantize is not None and spec.export.quantize.max_metric_drop == 0.01
+
+
+def test_the_gate_scores_the_metric_each_task_module_monitors() -> None:
+    from plexa.quantize import METRICS
+    from plexa.tasks import TASK_MODULES
+
+    assert set(METRICS) == set(TASK_MODULES)
+    for task, metric in METRICS.items():
+        name, mode = TASK_MODULES[task].monitor
+        assert (name, mode) == (f"val/{metric.name}", "max" if metric.higher_is_better else "min")

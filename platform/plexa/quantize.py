@@ -97,6 +97,7 @@ class Quantized:
     path: Path
     mode: str
     metric: str  # the test metric compared: test/acc, test/loss
+    higher_is_better: bool
     float_value: float  # that metric for the float export on ONNX Runtime
     int8_value: float
     drop: float  # how much worse int8 is (negative: better), in the metric's units
@@ -192,6 +193,7 @@ def quantize(float_path: Path, spec: PipelineSpec, data: DataSplits) -> Quantize
         path=out,
         mode=settings.mode,
         metric=f"test/{metric.name}",
+        higher_is_better=metric.higher_is_better,
         float_value=float_value,
         int8_value=int8_value,
         drop=drop,
@@ -210,7 +212,7 @@ def check_drop(quantized: Quantized, pipeline: str) -> None:
     q = quantized
     if q.drop <= q.max_drop:  # NaN fails too
         return
-    worse = "lower" if q.metric.endswith("acc") else "higher"
+    worse = "lower" if q.higher_is_better else "higher"
     raise MetricDropError(
         f"pipeline '{pipeline}': the int8 export ({q.mode} quantization) is worse than the "
         f"float one on {q.metric}: {q.int8_value:.6g} vs {q.float_value:.6g} ({worse} by "
