@@ -220,7 +220,7 @@ def test_the_pipeline_blocks_are_valid_pipelines() -> None:
     validate(yaml.safe_load(doc_block("pipeline-example", "docs/pipelines.md")), base_dir=PIPELINES)
     fragments = [
         body
-        for page in ("docs/training.md", "docs/federated.md", "docs/search.md")
+        for page in ("docs/training.md", "docs/federated.md", "docs/search.md", "docs/export.md")
         for _, body in doc_blocks("pipeline-fragment", page)
     ]
     assert len(fragments) >= 4

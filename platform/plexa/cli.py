@@ -293,6 +293,18 @@ def _summary(console: Console, pipeline: object, result: RunResult) -> None:
         )
         if ex.registered_name:
             table.add_row("registered", f"models:/{ex.registered_name}/{ex.registered_version}")
+        if (q := ex.quantized) is not None:
+            table.add_row(
+                "ONNX int8",
+                f"{q.path} ({q.mode}): {q.int8_bytes:,} bytes vs {q.float_bytes:,}, "
+                f"latency x{q.latency_ratio:.2f}, {q.metric} {q.int8_value:.4f} vs "
+                f"{q.float_value:.4f}",
+            )
+            if ex.registered_name and q.registered_version:
+                table.add_row(
+                    "registered int8",
+                    f"models:/{ex.registered_name}@int8 (version {q.registered_version})",
+                )
     console.print(table)
     console.print(f"dashboard: plexa ui    rerun: plexa run --from {result.run_id}")
 
@@ -719,6 +731,7 @@ def generate(
     epilog=_examples(
         "plexa serve models:/digits-cnn/1",
         "plexa serve digits=models:/digits-cnn@champion --port 8080",
+        "plexa serve digits-int8=models:/digits-cnn@int8",
         "plexa serve plexa-runs/RUN_ID/export/model.onnx --no-batching",
         "plexa serve RUN_ID --ray --replicas 2",
     )
@@ -727,8 +740,9 @@ def serve(
     targets: Annotated[
         list[str],
         typer.Argument(
-            help="What to serve: FILE.onnx, models:/NAME/VERSION, models:/NAME@ALIAS or a run "
-            "id; NAME=TARGET picks the name in URLs.",
+            help="What to serve: FILE.onnx, models:/NAME/VERSION, models:/NAME@ALIAS, a run "
+            "id (its float export) or runs:/RUN_ID/onnx-model-int8 (its int8 copy; registered: "
+            "models:/NAME@int8); NAME=TARGET picks the name in URLs.",
             show_default=False,
         ),
     ],

@@ -209,6 +209,28 @@ class TrackingSpec(_Strict):
     )
 
 
+class QuantizeSpec(_Strict):
+    """An int8 copy of the ONNX export, kept only when its test metric stays close."""
+
+    mode: Literal["dynamic", "static"] = Field(
+        description="dynamic: int8 weights, activations quantized at run time; static: int8 "
+        "weights and activations, their ranges calibrated on training samples (QDQ format)."
+    )
+    calibration_samples: int = Field(
+        256,
+        ge=1,
+        description="static: training samples, drawn with `train.seed`, that calibrate the "
+        "activation ranges.",
+    )
+    max_metric_drop: float = Field(
+        0.01,
+        ge=0,
+        description="The largest loss of the test metric (the task's: accuracy for "
+        "classification, else loss) from the float export to the int8 one, both run on ONNX "
+        "Runtime; beyond it the run fails.",
+    )
+
+
 class ExportSpec(_Strict):
     onnx: bool = Field(
         True, description="Export the best checkpoint's network to ONNX and check its parity."
@@ -227,6 +249,11 @@ class ExportSpec(_Strict):
     )
     opset: int | None = Field(
         None, ge=17, description="The ONNX opset; default: the torch exporter's."
+    )
+    quantize: QuantizeSpec | None = Field(
+        None,
+        description="Also quantize the export to int8 with ONNX Runtime, check its test metric "
+        "and log and register it beside the float model; absent: float only.",
     )
 
 
@@ -591,6 +618,8 @@ def validate(
                     f"'{data_cls.name}' is {task} (use iid)",
                 )
             )
+    if data_cls is not None and data_cfg is not None:
+        problems += _quantize_problems(raw, data_cls().task(data_cfg))
     problems += _sweep_problems(raw, spec, arch_cls, arch_cfg)
     if problems:
         raise ConfigError(problems, source)
@@ -599,6 +628,20 @@ def validate(
     spec.data.params = data_cfg.model_dump(mode="json")
     spec.model.params = arch_cfg.model_dump(mode="json")
     return spec
+
+
+def _quantize_problems(raw: Mapping[str, Any], task: str) -> list[tuple[str, str]]:
+    """`export.quantize` compares test metrics, which a generator's export has none of."""
+    export = raw.get("export")
+    if not isinstance(export, Mapping) or export.get("quantize") is None or task != "generative":
+        return []
+    return [
+        (
+            "export.quantize",
+            "the generative task has no test metric to check an int8 export against; "
+            "remove export.quantize",
+        )
+    ]
 
 
 def _sweep_problems(

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plexa.errors import RunFailed
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from plexa.config import PipelineSpec
     from plexa.plugins import DataSpec, DataSplits
+    from plexa.quantize import Quantized
     from plexa.tracking import Tracker
 
 TOLERANCE_KEY = "export.parity_tolerance"
@@ -36,6 +37,8 @@ MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 MLFLOW_MODEL_NAME = "onnx-model"
+INT8_MODEL_NAME = "onnx-model-int8"  # the int8 copy's logged model (export.quantize)
+VARIANT_TAG = "plexa.variant"  # on each registered version: float or int8
 PARITY_METRIC = "export/parity_max_abs_diff"
 
 _MEANING = {
@@ -77,6 +80,7 @@ class ExportResult:
     model_uri: str | None = None  # set by log_onnx
     registered_name: str | None = None
     registered_version: str | None = None
+    quantized: Quantized | None = None  # the int8 copy, with export.quantize
 
 
 # --------------------------------------------------------------------------- export
@@ -367,10 +371,25 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 def export_and_log(
     module: nn.Module, spec: PipelineSpec, data: DataSplits, folder: Path, tracker: Tracker
 ) -> ExportResult:
-    """Export a trained model with the parity check and log (and register) it to the
-    tracker's run."""
+    """Export a trained model with the parity check, quantize it (`export.quantize`), and log
+    (and register) both to the tracker's run.
+
+    The int8 copy is judged before anything is logged, so a run whose int8 export loses too
+    much registers neither (its comparison is logged as metrics, to read in MLflow). It is
+    registered first, so the float model stays the registered model's latest version."""
+    from plexa.quantize import check_drop, quantize
+
     exported = export_onnx(module, spec, data, folder, tracker.run_id)
-    return tracker.guarded("the ONNX model", lambda: log_onnx(exported, spec, data.spec, tracker))
+    quantized = None
+    if spec.export.quantize is not None:
+        made = quantize(exported.path, spec, data)
+        tracker.log_metrics(made.metrics())
+        check_drop(made, spec.name)
+        quantized = tracker.guarded(
+            "the int8 ONNX model", lambda: log_quantized(made, spec, data.spec, tracker)
+        )
+    logged = tracker.guarded("the ONNX model", lambda: log_onnx(exported, spec, data.spec, tracker))
+    return replace(logged, quantized=quantized)
 
 
 def log_onnx(
@@ -384,20 +403,92 @@ def log_onnx(
     name/version filled in.
     """
     import mlflow
+
+    run_id = _run_id(tracker)
+    if tracker is not None:
+        tracker.log_metrics({PARITY_METRIC: result.max_abs_diff})
+    else:
+        mlflow.MlflowClient().log_metric(run_id, PARITY_METRIC, result.max_abs_diff)
+    info = _log_model(
+        result.path,
+        MLFLOW_MODEL_NAME,
+        spec,
+        data_spec,
+        run_id,
+        {
+            "parity_max_abs_diff": result.max_abs_diff,
+            "parity_tolerance": result.tolerance,
+            "parity_samples": result.samples,
+        },
+    )
+    version = _tag_version(spec, info, "float")
+    return replace(
+        result,
+        model_uri=info.model_uri,
+        registered_name=spec.export.register_as if version is not None else None,
+        registered_version=version,
+    )
+
+
+def log_quantized(
+    quantized: Quantized, spec: PipelineSpec, data_spec: DataSpec, tracker: Tracker | None = None
+) -> Quantized:
+    """Log the int8 copy beside the float model (`onnx-model-int8`) and register it as its
+    own version of `export.register_as`, which the alias `int8` then names."""
+    import mlflow
+
+    from plexa.quantize import VARIANT
+
+    info = _log_model(
+        quantized.path, INT8_MODEL_NAME, spec, data_spec, _run_id(tracker), quantized.metadata()
+    )
+    version = _tag_version(spec, info, VARIANT)
+    if version is not None and spec.export.register_as:
+        mlflow.MlflowClient().set_registered_model_alias(spec.export.register_as, VARIANT, version)
+    return replace(quantized, model_uri=info.model_uri, registered_version=version)
+
+
+def _run_id(tracker: Tracker | None) -> str:
+    import mlflow
+
+    if tracker is not None:
+        return tracker.active_run_id
+    if (active := mlflow.active_run()) is not None:
+        return active.info.run_id
+    raise RuntimeError("logging an ONNX model needs a tracker or an active MLflow run")
+
+
+def _tag_version(spec: PipelineSpec, info: Any, variant: str) -> str | None:
+    """Say on the registered version (if any) which variant it holds."""
+    import mlflow
+
+    version = info.registered_model_version
+    if version is None or not spec.export.register_as:
+        return None
+    mlflow.MlflowClient().set_model_version_tag(
+        spec.export.register_as, str(version), VARIANT_TAG, variant
+    )
+    return str(version)
+
+
+def _log_model(
+    path: Path,
+    name: str,
+    spec: PipelineSpec,
+    data_spec: DataSpec,
+    run_id: str,
+    metadata: dict[str, Any],
+) -> Any:
+    """One ONNX file as an MLflow model of the run, with its signature and an input example,
+    registered under `export.register_as` when set; returns MLflow's ModelInfo."""
+    import mlflow
     import mlflow.onnx
     import numpy as np
     import onnx
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    if tracker is not None:
-        run_id = tracker.active_run_id
-    elif (active := mlflow.active_run()) is not None:
-        run_id = active.info.run_id
-    else:
-        raise RuntimeError("log_onnx needs a tracker or an active MLflow run")
-
-    model = onnx.load(str(result.path))
+    model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
 
     def tensor(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -418,16 +509,12 @@ def log_onnx(
         if len(example) == 1:
             example = next(iter(example.values()))
 
-    if tracker is not None:
-        tracker.log_metrics({PARITY_METRIC: result.max_abs_diff})
-    else:
-        mlflow.MlflowClient().log_metric(run_id, PARITY_METRIC, result.max_abs_diff)
     # the model lists CUDA then CPU providers (used where the loader has them); mlflow warns on
     # a CPU-only build when it validates the input example, which is noise at logging time
     with _quiet(("mlflow.onnx",), warnings_too=False):
-        info = mlflow.onnx.log_model(
+        return mlflow.onnx.log_model(
             model,
-            name=MLFLOW_MODEL_NAME,
+            name=name,
             run_id=run_id,  # Model.log's, passed through: the run by id, whatever thread
             signature=signature,
             input_example=example,
@@ -437,15 +524,6 @@ def log_onnx(
             metadata={
                 "pipeline": spec.name,
                 "plexa_version": props.get("plexa_version"),
-                "parity_max_abs_diff": result.max_abs_diff,
-                "parity_tolerance": result.tolerance,
-                "parity_samples": result.samples,
+                **metadata,
             },
         )
-    version = info.registered_model_version
-    return replace(
-        result,
-        model_uri=info.model_uri,
-        registered_name=spec.export.register_as if version is not None else None,
-        registered_version=str(version) if version is not None else None,
-    )

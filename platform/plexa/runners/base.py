@@ -153,9 +153,9 @@ class Runner(ABC):
 
 def finish(job: Job, trained: Trained) -> RunResult:
     """The last steps of every run: test metrics, learning curves and confusion matrix, the
-    checkpoints, and the ONNX export with its parity check, logged and registered through the
-    tracker's failover guard."""
-    from plexa.export import export_onnx, log_onnx
+    checkpoints, and the ONNX export with its parity check (and its int8 copy, with
+    `export.quantize`), logged and registered through the tracker's failover guard."""
+    from plexa.export import export_and_log
 
     tracker, spec = job.tracker, trained.spec or job.spec
     built = trained.model
@@ -170,11 +170,8 @@ def finish(job: Job, trained: Trained) -> RunResult:
             tracker.log_artifact(checkpoint, CHECKPOINTS)
     exported = None
     if job.spec.export.onnx:
-        made = export_onnx(
-            built.export_module(), spec, built.data, job.run_dir / EXPORT, tracker.run_id
-        )
-        exported = tracker.guarded(
-            "the ONNX model", lambda: log_onnx(made, spec, built.data.spec, tracker)
+        exported = export_and_log(
+            built.export_module(), spec, built.data, job.run_dir / EXPORT, tracker
         )
     return RunResult(
         pipeline=job.spec.name,

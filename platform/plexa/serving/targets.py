@@ -1,8 +1,12 @@
 """What `plexa serve TARGET` means: an .onnx file, a registered model (`models:/name/version`,
-`models:/name@alias`) or an MLflow run id, resolved to one local ONNX file and a model name.
+`models:/name@alias`), an MLflow run id or one of a run's logged models
+(`runs:/RUN_ID/onnx-model`, `runs:/RUN_ID/onnx-model-int8`), resolved to one local ONNX file and
+a model name.
 
-Only the file named (or the one ONNX file of the model named) is loaded: nothing is scanned.
-`NAME=TARGET` serves TARGET under NAME.
+A run id alone is its float export; the int8 copy (`export.quantize`) is
+`runs:/RUN_ID/onnx-model-int8`, or `models:/name@int8` once registered, the alias plexa moves
+to each new int8 version. Only the file named (or the one ONNX file of the model named) is
+loaded: nothing is scanned. `NAME=TARGET` serves TARGET under NAME.
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plexa.errors import UserError
+from plexa.export import INT8_MODEL_NAME, MLFLOW_MODEL_NAME
+from plexa.quantize import QUANTIZED_FILE
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_FILE = "model.onnx"
+_RUNS_URI = re.compile(r"^runs:/([0-9a-f]{32})/([A-Za-z0-9_.-]+)$")
+# a run's logged models and the files of its local export they come from
+_LOCAL_FILES = {MLFLOW_MODEL_NAME: _MODEL_FILE, INT8_MODEL_NAME: QUANTIZED_FILE}
 
 
 class TargetError(UserError, ValueError):
@@ -64,12 +73,19 @@ def resolve(text: str, tracking_uri: str | None = None) -> Target:
         path, default = _registered(text, tracking_uri)
     elif _RUN_ID.match(text):
         path, default = _run(text, tracking_uri)
+    elif text.startswith("runs:/"):
+        match = _RUNS_URI.match(text)
+        if not match:
+            raise TargetError(
+                f"{text}: write runs:/RUN_ID/{MLFLOW_MODEL_NAME} or runs:/RUN_ID/{INT8_MODEL_NAME}"
+            )
+        path, default = _run(match.group(1), tracking_uri, match.group(2))
     else:
         path = Path(text).expanduser()
         if path.suffix != ".onnx":
             raise TargetError(
-                f"{text}: not an .onnx file, models:/name/version, models:/name@alias or a "
-                "32-character MLflow run id"
+                f"{text}: not an .onnx file, models:/name/version, models:/name@alias, "
+                "runs:/RUN_ID/model or a 32-character MLflow run id"
             )
         if not path.is_file():
             raise TargetError(f"{text}: no such file")
@@ -91,8 +107,11 @@ def _registered(uri: str, tracking_uri: str | None) -> tuple[Path, str]:
     return _download(uri, tracking_uri), match.group(1)
 
 
-def _run(run_id: str, tracking_uri: str | None) -> tuple[Path, str]:
-    """The newest ONNX model logged by the run (or its local export when none was logged)."""
+def _run(
+    run_id: str, tracking_uri: str | None, model: str = MLFLOW_MODEL_NAME
+) -> tuple[Path, str]:
+    """The newest logged model of the run named `model` (the float export by default), or the
+    matching file of its local export when none was logged."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -106,14 +125,25 @@ def _run(run_id: str, tracking_uri: str | None) -> tuple[Path, str]:
     name = run.data.tags.get("plexa.pipeline") or run.info.run_name or run_id
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
+        filter_string=f"source_run_id = '{run_id}' AND name = '{model}'",
         order_by=[{"field_name": "creation_time", "ascending": False}],
     )
     if models:
         return _download(f"models:/{models[0].model_id}", tracking_uri), name
-    local = Path(run.data.tags.get("plexa.run_dir", "")) / "export" / _MODEL_FILE
-    if run.data.tags.get("plexa.run_dir") and local.is_file():
+    file = _LOCAL_FILES.get(model)
+    local = Path(run.data.tags.get("plexa.run_dir", "")) / "export" / (file or _MODEL_FILE)
+    if file and run.data.tags.get("plexa.run_dir") and local.is_file():
         return local, name
+    if model == INT8_MODEL_NAME:
+        raise TargetError(
+            f"runs:/{run_id}/{model}: the run has no int8 export (set export.quantize in its "
+            "pipeline)"
+        )
+    if model != MLFLOW_MODEL_NAME:
+        raise TargetError(
+            f"runs:/{run_id}/{model}: the run logged no model of that name (plexa logs "
+            f"{MLFLOW_MODEL_NAME} and {INT8_MODEL_NAME})"
+        )
     raise TargetError(f"{run_id}: the run has no ONNX export (run `plexa export {run_id}`)")
 
 
