@@ -739,14 +739,33 @@ class Encoder:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.names: list[str] = []
+        # number columns are encoded together, as one (rows, numbers) array: their names, the
+        # output column of each value and, where one exists, of its missing indicator
+        self._numbers: list[str] = []
+        self._value_at: list[int] = []
+        self._missing_at: list[int] = []
+        self._has_missing: list[int] = []
+        self._categories: list[tuple[dict[str, Any], int]] = []
         for column in spec["columns"]:
             name = column["name"]
             if column["type"] == "number":
-                self.names += [name, f"{name}:missing"] if column["missing"] else [name]
-            else:
-                self.names += [f"{name}={v}" for v in column["values"]]
-                self.names += [f"{name}:unknown"]
-                self.names += [f"{name}:missing"] if column["missing"] else []
+                self._numbers.append(name)
+                self._value_at.append(len(self.names))
+                self.names.append(name)
+                if column["missing"]:
+                    self._has_missing.append(len(self._numbers) - 1)
+                    self._missing_at.append(len(self.names))
+                    self.names.append(f"{name}:missing")
+                continue
+            self._categories.append((column, len(self.names)))
+            self.names += [f"{name}={v}" for v in column["values"]]
+            self.names += [f"{name}:unknown"]
+            self.names += [f"{name}:missing"] if column["missing"] else []
+        numbers = [c for c in spec["columns"] if c["type"] == "number"]
+        self._mean = np.array([c["mean"] for c in numbers], dtype=np.float64)
+        self._std = np.array([c["std"] for c in numbers], dtype=np.float64)
+        self._value_runs = _runs(self._value_at)
+        self._missing_runs = _runs(self._missing_at)
 
     @property
     def width(self) -> int:
@@ -756,23 +775,32 @@ class Encoder:
         """Rows of `table` (any types pyarrow can cast: raw or prepared; an absent column is
         missing throughout) encoded, as float32."""
         rows = table.num_rows
+        present = dict(zip(table.column_names, table.columns, strict=True))
         out = np.zeros((rows, self.width), dtype=np.float32)
-        at = 0
-        for column in self.spec["columns"]:
-            name = column["name"]
-            raw = table[name] if name in table.column_names else pa.nulls(rows)
-            if column["type"] == "number":
-                values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
-                values = values.astype(np.float64, copy=False)
-                missing = np.isnan(values)
-                scaled = (values - column["mean"]) / column["std"]
-                out[:, at] = np.where(missing, 0.0, scaled)  # the mean, standardised
-                if column["missing"]:
-                    out[:, at + 1] = missing
-                    at += 1
-                at += 1
-                continue
-            text = pc.cast(raw, pa.string())
+        if self._numbers:
+            # column by column into a column-major array (float32 files need no cast: numpy
+            # widens them exactly, and a null reads as NaN), then standardised in place
+            values = np.empty((rows, len(self._numbers)), dtype=np.float64, order="F")
+            for j, name in enumerate(self._numbers):
+                raw = present.get(name)
+                if raw is None:
+                    values[:, j] = np.nan
+                    continue
+                if not pa.types.is_floating(raw.type):
+                    raw = pc.cast(raw, pa.float64())
+                values[:, j] = raw.to_numpy(zero_copy_only=False)
+            missing = np.isnan(values)
+            values -= self._mean
+            values /= self._std
+            values[missing] = 0.0  # the mean, standardised
+            for (first, step, count), j in self._value_runs:
+                out[:, first : first + step * count : step] = values[:, j : j + count]
+            missing = missing[:, self._has_missing]
+            for (first, step, count), j in self._missing_runs:
+                out[:, first : first + step * count : step] = missing[:, j : j + count]
+        for column, at in self._categories:
+            raw = present.get(column["name"])
+            text = pc.cast(pa.nulls(rows) if raw is None else raw, pa.string())
             vocabulary = column["values"]
             codes = pc.index_in(text, value_set=pa.array(vocabulary, pa.string()))
             index = codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -781,8 +809,22 @@ class Encoder:
             if column["missing"]:
                 index[pc.is_null(text).to_numpy(zero_copy_only=False)] = unknown + 1
             out[np.arange(rows), at + index] = 1.0
-            at += unknown + 1 + int(column["missing"])
         return out
+
+
+def _runs(at: list[int]) -> list[tuple[tuple[int, int, int], int]]:
+    """`at` cut into evenly spaced runs, each as ((first, step, count), its offset in `at`), so
+    that a block of columns lands in the output through one strided slice, not fancy indexing."""
+    runs: list[tuple[tuple[int, int, int], int]] = []
+    j = 0
+    while j < len(at):
+        step = at[j + 1] - at[j] if j + 1 < len(at) else 1
+        count = 1
+        while j + count < len(at) and at[j + count] - at[j + count - 1] == step:
+            count += 1
+        runs.append(((at[j], step, count), j))
+        j += count
+    return runs
 
 
 # --------------------------------------------------------------------------- splits
