@@ -779,10 +779,9 @@ def serve(
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas (with --ray).")] = 1,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Serve ONNX exports over the Open Inference Protocol v2 (HTTP, and gRPC with
-    --grpc-port), /predict and a web page.
+    """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page.
 
-    Models run on ONNX Runtime; requests that arrive together are merged into one call unless
+    The protocol over HTTP, and over gRPC too with --grpc-port. Models run on ONNX Runtime; requests that arrive together are merged into one call unless
     --no-batching. SIGTERM stops it once the requests in flight are answered."""
     from plexa.serving import ServeOptions
     from plexa.serving import serve as run_server
