@@ -781,8 +781,9 @@ def serve(
 ) -> None:
     """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page.
 
-    The protocol over HTTP, and over gRPC too with --grpc-port. Models run on ONNX Runtime; requests that arrive together are merged into one call unless
-    --no-batching. SIGTERM stops it once the requests in flight are answered."""
+    The protocol over HTTP, and over gRPC too with --grpc-port. Models run on ONNX Runtime;
+    requests that arrive together are merged into one call unless --no-batching. SIGTERM stops
+    it once the requests in flight are answered."""
     from plexa.serving import ServeOptions
     from plexa.serving import serve as run_server
 
