@@ -373,13 +373,13 @@ def test_sigterm_drains_grpc(exports: tuple[Path, Path]) -> None:
     assert log.index("gRPC stopped") < log.index("stopped: every request in flight was answered")
 
 
-def test_cli_warns_of_a_non_loopback_host_without_a_token(workdir: Path) -> None:
+def test_cli_warns_of_a_non_loopback_host_without_a_token(tmp_path: Path) -> None:
     """The rule REST has, for gRPC too: another host without a token is warned about (and
     here the target is missing, so nothing is bound)."""
     env = {k: v for k, v in os.environ.items() if k != "PLEXA_SERVE_TOKEN"}
     done = subprocess.run(
         [str(BIN / "plexa"), "serve", "missing.onnx", "--host", "0.0.0.0", "--grpc-port", "9"],
-        capture_output=True, text=True, timeout=60, cwd=workdir, env=env,
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
     )  # fmt: skip
     output = " ".join(done.stdout.split())
     assert "listening on 0.0.0.0 without --token: anyone who can reach these ports" in output
@@ -387,9 +387,26 @@ def test_cli_warns_of_a_non_loopback_host_without_a_token(workdir: Path) -> None
     assert done.returncode == 2 and "missing.onnx: no such file" in output
     ray = subprocess.run(
         [str(BIN / "plexa"), "serve", "missing.onnx", "--ray", "--grpc-port", "9"],
-        capture_output=True, text=True, timeout=60, cwd=workdir, env=env,
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert ray.returncode == 2 and "--grpc-port does not work with --ray" in ray.stdout
+
+
+def test_a_grpc_port_in_use_stops_the_server(exports: tuple[Path, Path]) -> None:
+    """Not a second listener on a shared port (grpc's SO_REUSEPORT is off): an error."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(BIN / "plexa"), "serve", str(exports[0]), "--port", str(free_port()),
+             "--grpc-port", str(busy)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"gRPC cannot listen on 127.0.0.1:{busy}" in done.stdout
 
 
 def test_generated_messages_are_current(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ class GrpcServer:
     """One grpc.aio server on `host:port`; `start` and `stop` run in the HTTP server's loop."""
 
     def __init__(self, state: State, host: str, port: int) -> None:
-        self.state, self.port = state, port
+        self.state = state
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.token = state.options.token.encode() if state.options.token else None
         self.limit = state.options.max_body_bytes
