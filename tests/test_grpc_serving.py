@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -190,6 +191,9 @@ def test_infer_matches_the_rest_answer(
     z = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     images = client.infer("gen", [_input(z)], headers=AUTH).as_numpy("output")
     assert images.shape == (3, 1, 8, 8)
+
+    metrics = httpx.get(f"http://{server.http}/metrics", headers=AUTH, timeout=10).text
+    assert 'route="/inference.GRPCInferenceService/ModelInfer",status="200"' in metrics
 
 
 def test_token_model_and_size_refusals(client: triton_grpc.InferenceServerClient) -> None:
