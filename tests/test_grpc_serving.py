@@ -10,6 +10,7 @@ share the protocol's names in protobuf's pool (plexa.serving.grpc_server says wh
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -51,7 +52,7 @@ class Server:
 
 
 def _start(targets: list[str], *flags: str) -> Server:
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = _free_ports(2)
     process = subprocess.Popen(
         [str(BIN / "plexa"), "serve", *targets, "--port", str(port), "--grpc-port",
          str(grpc_port), *flags],
@@ -82,6 +83,17 @@ def _start(targets: list[str], *flags: str) -> Server:
         time.sleep(0.05)
     process.kill()
     raise TimeoutError("plexa serve never became ready over gRPC:\n" + "".join(server.lines))
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` different free ports (each held while the next is chosen, so none repeats)."""
+    import socket
+
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _stop(server: Server) -> int:
