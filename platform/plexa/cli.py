@@ -734,6 +734,7 @@ def generate(
         "plexa serve digits-int8=models:/digits-cnn@int8",
         "plexa serve plexa-runs/RUN_ID/export/model.onnx --no-batching",
         "plexa serve RUN_ID --ray --replicas 2",
+        "plexa serve models:/digits-cnn/1 --grpc-port 8001",
     )
 )
 def serve(
@@ -750,6 +751,16 @@ def serve(
         str, typer.Option(help="Interface; keep 127.0.0.1 unless you set a token.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Also serve the protocol over gRPC (KServe's GRPCInferenceService) on this "
+            "port, same host, token, limits and models.",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -770,7 +781,11 @@ def serve(
         bool, typer.Option("--no-batching", help="Run each request on its own.")
     ] = False,
     max_body: Annotated[
-        int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
+        int,
+        typer.Option(
+            min=1,
+            help="Largest request body or gRPC message in bytes (larger: 413, RESOURCE_EXHAUSTED).",
+        ),
     ] = 4 * 1024 * 1024,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run as a Ray Serve deployment (embedded Ray).")
@@ -780,8 +795,9 @@ def serve(
 ) -> None:
     """Serve ONNX exports over the Open Inference Protocol v2, /predict and a web page.
 
-    Models run on ONNX Runtime; requests that arrive together are merged into one call unless
-    --no-batching. SIGTERM stops it once the requests in flight are answered."""
+    The protocol over HTTP, and over gRPC too with --grpc-port. Models run on ONNX Runtime;
+    requests that arrive together are merged into one call unless --no-batching. SIGTERM stops
+    it once the requests in flight are answered."""
     from plexa.serving import ServeOptions
     from plexa.serving import serve as run_server
 
@@ -795,18 +811,32 @@ def serve(
         max_body_bytes=max_body,
     )
     where = f"http://{host}:{port}"
+    ports = "this port" if grpc_port is None else "these ports"
     console = _console()
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         console.print(
             f"[yellow]warning:[/yellow] listening on {host} without --token: anyone who can "
-            "reach this port can use the models (set PLEXA_SERVE_TOKEN)",
+            f"reach {ports} can use the models (set PLEXA_SERVE_TOKEN)",
             soft_wrap=True,
         )
-    console.print(f"[bold]plexa serve[/bold] on {where} (page: {where}/, Ctrl-C stops it)")
+    grpc_where = "" if grpc_port is None else f", gRPC on {host}:{grpc_port}"
+    console.print(
+        f"[bold]plexa serve[/bold] on {where}{grpc_where} (page: {where}/, Ctrl-C stops it)",
+        soft_wrap=True,
+    )
     # uvicorn answers SIGTERM itself (every request in flight is finished), then raises it
     # again for the default action: the process ends by the signal, as servers do
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    run_server(targets, host, port, options, ray=ray, replicas=replicas, tracking_uri=tracking_uri)
+    run_server(
+        targets,
+        host,
+        port,
+        options,
+        ray=ray,
+        replicas=replicas,
+        tracking_uri=tracking_uri,
+        grpc_port=grpc_port,
+    )
 
 
 # --------------------------------------------------------------------------- sync

@@ -261,13 +261,13 @@ def _describe(
         "parity_tolerance": repr(spec.export.parity_tolerance),
     }
     props["plugin_versions"] = json.dumps(_plugin_versions(spec), sort_keys=True)
-    for key, value in (
+    for key, names in (
         ("class_names", data_spec.class_names),
         ("feature_names", data_spec.feature_names),
         ("target_names", data_spec.target_names),
     ):
-        if value is not None:
-            props[key] = json.dumps(list(value))
+        if names is not None:
+            props[key] = json.dumps(list(names))
     if run_id:
         props["run_id"] = run_id
 

@@ -1,15 +1,25 @@
 """`plexa serve`: ONNX exports behind the Open Inference Protocol v2, with dynamic batching.
 
 `serve()` is what the CLI calls: resolve the targets, then run one uvicorn server (or a Ray
-Serve deployment with `ray=True`). Heavy imports stay inside the functions.
+Serve deployment with `ray=True`), with the protocol's gRPC service beside it in the same
+event loop when given a `grpc_port`. Heavy imports stay inside the functions.
 """
 
 from __future__ import annotations
 
-from plexa.errors import RunFailed
+from typing import TYPE_CHECKING
+
+from plexa.errors import RunFailed, UserError
 from plexa.serving.logs import configure_logging
 from plexa.serving.options import ServeOptions
 from plexa.serving.targets import Target, TargetError, resolve_all
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
+    from plexa.serving.grpc_server import GrpcServer
 
 __all__ = [
     "ServeError",
@@ -34,9 +44,12 @@ def serve(
     ray: bool = False,
     replicas: int = 1,
     tracking_uri: str | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     """Serve until interrupted; SIGTERM / Ctrl-C let in-flight requests finish first."""
     options = options or ServeOptions()
+    if ray and grpc_port is not None:
+        raise UserError("--grpc-port does not work with --ray (Ray Serve's proxy speaks HTTP)")
     resolved = resolve_all(targets, tracking_uri)
     configure_logging()
     if ray:
@@ -59,12 +72,40 @@ def serve(
         server_header=False,
         proxy_headers=False,  # nothing reads the client address; X-Forwarded-* would cost a parse
     )
-    server = uvicorn.Server(config)
+    if grpc_port is None:
+        server = uvicorn.Server(config)
+    else:
+        from plexa.serving.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(app.state.plexa, host, grpc_port)
+        app.state.plexa.before_stop.append(grpc_server.stop)
+        server = _with_grpc(config, grpc_server)
 
     def give_up() -> None:  # a file that does not load: stop rather than never become ready
         server.should_exit = True
 
     app.state.plexa.on_load_failure = give_up
-    server.run()
+    try:
+        server.run()
+    except OSError as exc:  # the gRPC port (uvicorn reports its own and exits)
+        raise ServeError(str(exc)) from None
     if app.state.plexa.load_error:
         raise ServeError(app.state.plexa.load_error)
+
+
+def _with_grpc(config: uvicorn.Config, grpc_server: GrpcServer) -> uvicorn.Server:
+    """uvicorn with the gRPC server in its event loop: gRPC listens first, and a shutdown
+    (SIGTERM, Ctrl-C, a model that fails to load) stops both at once, each answering what it
+    has in flight; the batchers end after both."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await grpc_server.start()
+            await super().startup(sockets)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            grpc_server.stop()  # refuses new calls now; the app's shutdown waits for the rest
+            await super().shutdown(sockets)
+
+    return Server(config)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
-import random
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,8 @@ from starlette.responses import Response
 
 import plexa
 from plexa.serving import protocol
-from plexa.serving.logs import access, request_id
+from plexa.serving.auth import REFUSAL, authorized
+from plexa.serving.logs import access, choose_id, request_id
 from plexa.serving.metrics import Metrics
 from plexa.serving.options import ServeOptions
 from plexa.serving.protocol import BadRequest
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("plexa.serving")
 STATIC = Path(__file__).parent / "static"
 PUBLIC_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class State:
@@ -54,6 +52,9 @@ class State:
         self.ready = False
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] | None = None  # e.g. stop the server
+        # other transports' graceful stops (gRPC's): their calls are answered before the
+        # batchers end
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
         self.metrics = Metrics()
 
     def load(self) -> dict[str, ServedModel]:
@@ -102,6 +103,7 @@ class State:
 
     async def stop(self) -> None:
         self.ready = False
+        await asyncio.gather(*(stop() for stop in self.before_stop))
         for batcher in self.batchers.values():
             await batcher.stop()
         log.info("stopped: every request in flight was answered")
@@ -373,7 +375,7 @@ class Gate:
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])  # names arrive in lower case
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
+        rid = choose_id(given)
         token = request_id.set(rid)
         status = 500
         response_started = False
@@ -417,10 +419,12 @@ class Gate:
             request_id.reset(token)
 
     def _refuse(self, path: str, headers: dict[bytes, bytes]) -> tuple[str, int] | None:
-        if self.token is not None and path not in PUBLIC_PATHS:
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self.token):
-                return "missing or wrong bearer token (send Authorization: Bearer TOKEN)", 401
+        if (
+            self.token is not None
+            and path not in PUBLIC_PATHS
+            and not authorized(headers.get(b"authorization", b""), self.token)
+        ):
+            return REFUSAL, 401
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return self._too_large(), 413

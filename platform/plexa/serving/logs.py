@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
+import re
 import sys
 import threading
 import time
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def choose_id(given: str) -> str:
+    """The request's id: the client's (X-Request-ID) when it is a short plain one, else new."""
+    return given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
 
 
 class RequestIdFilter(logging.Filter):

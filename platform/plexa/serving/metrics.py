@@ -13,14 +13,18 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    """Counters and histograms labelled by route (not by raw path: unknown names stay bounded)."""
+    """Counters and histograms labelled by route (not by raw path: unknown names stay bounded;
+    a gRPC call's route is its method, its status the HTTP one its refusal maps to)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry: CollectorRegistry = CollectorRegistry()
         self.requests = Counter(
-            "plexa_requests", "HTTP requests handled", ["route", "status"], registry=self.registry
+            "plexa_requests",
+            "Requests handled (HTTP and gRPC)",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.errors = Counter(
             "plexa_errors",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,79 +106,131 @@ def parse_infer(body: bytes, header_length: str | None, model: ServedModel) -> I
         if raw_inputs is not None and not isinstance(raw_inputs, list):
             what += f", not {_kind(raw_inputs)}"
         raise BadRequest(f"inputs: {what}")
+    feeds, rows = check_inputs(_json_tensors(raw_inputs, binary), model)
+    return InferRequest(request_id, feeds, rows, _outputs(request, model, binary_default))
+
+
+@dataclass
+class Tensor:
+    """One input as a transport delivered it, before any check against the model.
+
+    Its contents are numbers (`values`, flat or nested) or little-endian bytes (`raw`).
+    `at` names the input, `field` where its contents are and `size_field` what sets their
+    length in bytes, each in the transport's own terms, for messages. `problem` is the
+    transport's own objection to the contents, raised only once the name, datatype and shape
+    have passed, so every transport reports the first problem in the same order.
+    """
+
+    at: str
+    name: str
+    datatype: Any
+    shape: Any
+    field: str
+    values: Any = None
+    raw: bytes | None = None
+    size_field: str = ""
+    problem: str | None = None
+
+
+def check_inputs(
+    tensors: Iterable[Tensor], model: ServedModel
+) -> tuple[dict[str, np.ndarray], int]:
+    """The inputs as arrays and their number of rows: every check both transports (REST and
+    gRPC) share, so they refuse the same requests with the same words."""
     expected = {t.name: t for t in model.inputs}
     feeds: dict[str, np.ndarray] = {}
-    offset = 0
-    for i, item in enumerate(raw_inputs):
-        where = f"inputs[{i}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where}: must be an object, not {_kind(item)}")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise BadRequest(f"{where}.name: missing or not a string")
+    for tensor in tensors:
+        at, name = tensor.at, tensor.name
         if name not in expected:
             raise BadRequest(
-                f"{where}.name: model '{model.name}' has no input '{name}' "
+                f"{at}.name: model '{model.name}' has no input '{name}' "
                 f"(inputs: {', '.join(expected)})"
             )
         if name in feeds:
-            raise BadRequest(f"{where}.name: input '{name}' is given twice")
-        array, offset = _tensor(item, where, expected[name], binary, offset)
-        feeds[name] = array
-    if offset != len(binary):
-        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the last tensor")
+            raise BadRequest(f"{at}.name: input '{name}' is given twice")
+        info = expected[name]
+        datatype = tensor.datatype
+        if not isinstance(datatype, str):
+            raise BadRequest(f"{at}.datatype: missing or not a string")
+        if datatype != info.datatype:
+            raise BadRequest(
+                f"{at}.datatype: input '{info.name}' takes {info.datatype}, not {datatype!r}"
+            )
+        shape = _shape(tensor.shape, at, info)
+        if tensor.problem is not None:
+            raise BadRequest(tensor.problem)
+        if tensor.raw is not None:
+            feeds[name] = _from_bytes(tensor, info, shape)
+        else:
+            feeds[name] = _from_json(tensor.values, tensor.field, info, shape, math.prod(shape))
     missing = [n for n in expected if n not in feeds]
     if missing:
         raise BadRequest(f"inputs: missing input(s) {', '.join(missing)} of model '{model.name}'")
     rows = {len(a) for a in feeds.values()}
     if len(rows) > 1:
         raise BadRequest(f"inputs: all inputs need the same batch size, got {sorted(rows)}")
-    return InferRequest(request_id, feeds, rows.pop(), _outputs(request, model, binary_default))
+    return feeds, rows.pop()
 
 
-def _tensor(
-    item: dict[str, Any], where: str, info: TensorInfo, binary: bytes, offset: int
-) -> tuple[np.ndarray, int]:
+def _json_tensors(items: list[Any], binary: bytes) -> Iterator[Tensor]:
+    """The inputs of a JSON request, each with its slice of the binary part when it has one;
+    lazily, so a problem is found in the order the inputs come."""
+    offset = 0
+    for i, item in enumerate(items):
+        at = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{at}: must be an object, not {_kind(item)}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"{at}.name: missing or not a string")
+        tensor = Tensor(at, name, item.get("datatype"), item.get("shape"), f"{at}.data")
+        try:
+            size = _parameters(item.get("parameters"), f"{at}.parameters").get("binary_data_size")
+            if size is None:
+                if "data" not in item:
+                    raise BadRequest(f"{at}.data: missing (and no binary_data_size parameter)")
+                tensor.values = item["data"]
+            else:
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise BadRequest(f"{at}.parameters.binary_data_size: must be a whole number")
+                if "data" in item:
+                    raise BadRequest(f"{at}: has both data and binary_data_size")
+                if offset + size > len(binary):
+                    raise BadRequest(
+                        f"{at}: the binary data ends before this tensor's {size} bytes"
+                    )
+                tensor.raw = binary[offset : offset + size]
+                tensor.size_field = f"{at}.parameters.binary_data_size"
+                offset += size
+        except BadRequest as exc:
+            tensor.problem = str(exc)
+            yield tensor
+            return
+        yield tensor
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the last tensor")
+
+
+def _from_bytes(tensor: Tensor, info: TensorInfo, shape: list[int]) -> np.ndarray:
     import numpy as np
 
-    datatype = item.get("datatype")
-    if not isinstance(datatype, str):
-        raise BadRequest(f"{where}.datatype: missing or not a string")
-    if datatype != info.datatype:
-        raise BadRequest(
-            f"{where}.datatype: input '{info.name}' takes {info.datatype}, not {datatype!r}"
-        )
-    shape = _shape(item.get("shape"), where, info)
+    assert tensor.raw is not None
+    dtype = info.numpy_dtype.newbyteorder("<")
     count = math.prod(shape)
-    params = _parameters(item.get("parameters"), f"{where}.parameters")
-    size = params.get("binary_data_size")
-    if size is not None:
-        dtype = info.numpy_dtype.newbyteorder("<")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRequest(f"{where}.parameters.binary_data_size: must be a whole number")
-        if "data" in item:
-            raise BadRequest(f"{where}: has both data and binary_data_size")
-        if size != count * dtype.itemsize:
-            raise BadRequest(
-                f"{where}.parameters.binary_data_size: {size} bytes, but shape {shape} of "
-                f"{datatype} needs {count * dtype.itemsize}"
-            )
-        if offset + size > len(binary):
-            raise BadRequest(f"{where}: the binary data ends before this tensor's {size} bytes")
-        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
-        array = array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
-        offset += size
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise BadRequest(_not_finite(where, info))
-    else:
-        if "data" not in item:
-            raise BadRequest(f"{where}.data: missing (and no binary_data_size parameter)")
-        array = _from_json(item["data"], where, info, shape, count)
-    return array, offset
+    if len(tensor.raw) != count * dtype.itemsize:
+        raise BadRequest(
+            f"{tensor.size_field}: {len(tensor.raw)} bytes, but shape {shape} of "
+            f"{info.datatype} needs {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(tensor.raw, dtype=dtype, count=count)
+    array = array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadRequest(_not_finite(tensor.field, info))
+    return array
 
 
-def _not_finite(where: str, info: TensorInfo) -> str:
-    return f"{where}.data: input '{info.name}' contains NaN or infinity"
+def _not_finite(field: str, info: TensorInfo) -> str:
+    return f"{field}: input '{info.name}' contains NaN or infinity"
 
 
 def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
@@ -197,34 +250,34 @@ def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
     return shape
 
 
-def _from_json(data: Any, where: str, info: TensorInfo, shape: list[int], count: int):
+def _from_json(data: Any, field: str, info: TensorInfo, shape: list[int], count: int) -> np.ndarray:
     """JSON numbers (flat or nested, row-major) as an array of the input's dtype."""
     import numpy as np
 
     if not isinstance(data, list):
-        raise BadRequest(f"{where}.data: must be a list of numbers, not {_kind(data)}")
+        raise BadRequest(f"{field}: must be a list of numbers, not {_kind(data)}")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise BadRequest(f"{where}.data: nested lists of unequal length or mixed types") from None
+        raise BadRequest(f"{field}: nested lists of unequal length or mixed types") from None
     if array.dtype.kind not in "iuf" and not (array.dtype.kind == "b" and info.dtype == "bool"):
         if array.size == 0 and count == 0:
             array = array.astype(info.dtype)
         else:
-            raise BadRequest(f"{where}.data: must hold only numbers (found {_elements(array)})")
+            raise BadRequest(f"{field}: must hold only numbers (found {_elements(array)})")
     if array.size != count:
-        raise BadRequest(f"{where}.data: {array.size} values, but shape {shape} needs {count}")
+        raise BadRequest(f"{field}: {array.size} values, but shape {shape} needs {count}")
     target = info.numpy_dtype
     if target.kind in "iu" and array.dtype.kind == "f":
-        raise BadRequest(f"{where}.data: {info.datatype} needs whole numbers")
+        raise BadRequest(f"{field}: {info.datatype} needs whole numbers")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(target).reshape(shape)
     if target.kind == "f" and not np.isfinite(converted).all():  # one pass in the usual case
         if np.isfinite(array).all():
-            raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
-        raise BadRequest(_not_finite(where, info))
+            raise BadRequest(f"{field}: a value is out of range for {info.datatype}")
+        raise BadRequest(_not_finite(field, info))
     if target.kind in "iu" and not np.array_equal(converted, array.reshape(shape)):
-        raise BadRequest(f"{where}.data: a value is out of range for {info.datatype}")
+        raise BadRequest(f"{field}: a value is out of range for {info.datatype}")
     return converted
 
 
@@ -252,11 +305,7 @@ def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest(f"outputs[{i}]: must be an object with a name")
-        if item["name"] not in names:
-            raise BadRequest(
-                f"outputs[{i}].name: model '{model.name}' has no output '{item['name']}' "
-                f"(outputs: {', '.join(names)})"
-            )
+        check_output(f"outputs[{i}]", item["name"], model)
         binary = _parameters(item.get("parameters"), f"outputs[{i}].parameters").get(
             "binary_data", binary_default
         )
@@ -266,23 +315,37 @@ def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
     return out
 
 
+def check_output(at: str, name: str, model: ServedModel) -> None:
+    """A requested output is one the model has (both transports)."""
+    names = [t.name for t in model.outputs]
+    if name not in names:
+        raise BadRequest(
+            f"{at}.name: model '{model.name}' has no output '{name}' (outputs: {', '.join(names)})"
+        )
+
+
+def little_endian(array: np.ndarray) -> bytes:
+    """A tensor's bytes as the protocol sends them: row-major, little-endian."""
+    import numpy as np
+
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 def infer_response(
     model: ServedModel, request: InferRequest, results: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     """The v2 response body and extra headers (the JSON length when binary tensors follow)."""
-    import numpy as np
-
     infos = {t.name: t for t in model.outputs}
     outputs, blobs = [], []
     for name, binary in request.outputs:
         array = results[name]
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": _datatype(array, infos[name]),
+            "datatype": output_datatype(array, infos[name]),
             "shape": list(array.shape),
         }
         if binary:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            blob = little_endian(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -297,7 +360,7 @@ def infer_response(
     return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
 
 
-def _datatype(array: np.ndarray, info: TensorInfo) -> str:
+def output_datatype(array: np.ndarray, info: TensorInfo) -> str:
     """The output's protocol datatype: the model's declared one when the array has its dtype
     (always, from ONNX Runtime; a dtype comparison is cheap, `dtype.name` is not)."""
     if array.dtype == info.numpy_dtype:

@@ -1,0 +1,111 @@
+"""Open Inference Protocol over gRPC: a ModelInferRequest as checked inputs, outputs as a
+ModelInferResponse.
+
+The checks are the REST side's (`protocol.check_inputs`), so both transports refuse the same
+requests with the same words; only what is gRPC's own is checked here: which typed contents
+field holds an input's values, and `raw_input_contents` (one entry per input, or none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from plexa.serving.proto import grpc_predict_v2_pb2 as pb
+from plexa.serving.protocol import (
+    BadRequest,
+    InferRequest,
+    Tensor,
+    check_inputs,
+    check_output,
+    little_endian,
+    output_datatype,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from plexa.serving.model import ServedModel
+
+# the InferTensorContents field that holds each datatype's values (FP16 has none: raw only)
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parse_infer(request: pb.ModelInferRequest, model: ServedModel) -> InferRequest:
+    """Check a ModelInferRequest against the model's inputs and outputs."""
+    if not request.inputs:
+        raise BadRequest("inputs: is missing")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs "
+            "(one per input, or none and each input's contents)"
+        )
+    feeds, rows = check_inputs(_tensors(request), model)
+    outputs = []
+    for i, wanted in enumerate(request.outputs):
+        check_output(f"outputs[{i}]", wanted.name, model)
+        outputs.append((wanted.name, True))
+    if not request.outputs:
+        outputs = [(t.name, True) for t in model.outputs]
+    return InferRequest(request.id or None, feeds, rows, outputs)
+
+
+def _tensors(request: pb.ModelInferRequest) -> Iterator[Tensor]:
+    raw = request.raw_input_contents
+    for i, item in enumerate(request.inputs):
+        at = f"inputs[{i}]"
+        given = [field.name for field, _ in item.contents.ListFields()]
+        tensor = Tensor(at, item.name, item.datatype, list(item.shape), f"{at}.contents")
+        if raw:
+            tensor.raw = raw[i]
+            tensor.field = tensor.size_field = f"raw_input_contents[{i}]"
+            if given:
+                tensor.problem = (
+                    f"{at}.contents: has values, but the request sends every input's values in "
+                    "raw_input_contents (use one or the other)"
+                )
+            yield tensor
+            continue
+        field = CONTENTS.get(item.datatype)
+        if field is None:
+            tensor.problem = (
+                f"{at}.contents: {item.datatype} has no typed contents field; "
+                "send its values in raw_input_contents"
+            )
+        elif any(name != field for name in given):
+            others = ", ".join(name for name in given if name != field)
+            tensor.problem = f"{at}.contents: {item.datatype} values go in {field}, not {others}"
+        else:
+            tensor.field = f"{at}.contents.{field}"
+            tensor.values = list(getattr(item.contents, field))
+        yield tensor
+
+
+def infer_response(
+    model: ServedModel, request: InferRequest, results: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    """The response with every output's values in `raw_output_contents`, as Triton answers
+    (clients read typed contents or raw ones; raw is one copy, not a list of numbers)."""
+    infos = {t.name: t for t in model.outputs}
+    response = pb.ModelInferResponse(model_name=model.name, model_version="1", id=request.id or "")
+    for name, _ in request.outputs:
+        array = results[name]
+        response.outputs.add(
+            name=name, datatype=output_datatype(array, infos[name]), shape=list(array.shape)
+        )
+        response.raw_output_contents.append(little_endian(array))
+    return response
