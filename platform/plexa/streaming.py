@@ -15,7 +15,6 @@ reads the shard Ray Train handed it (`RayShard`), elsewhere the whole dataset, b
 from __future__ import annotations
 
 import dataclasses
-import gc
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -361,26 +360,6 @@ def _collate(samples: list[Any] | Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return _to_tensors(default_collate(samples))
 
 
-class SharingLoader(DataLoader):
-    """A DataLoader whose forked workers share the parent's Python objects instead of copying
-    them.
-
-    A forked worker's garbage collector writes into every object it scans, which copies each
-    memory page holding one: with torch, Lightning and MLflow imported, a few hundred MB per
-    worker. Objects frozen while the workers fork are never scanned there (the `gc.freeze`
-    recipe of Python's documentation); the parent unfreezes its own right after.
-    """
-
-    def __iter__(self) -> Any:
-        if self.num_workers == 0:
-            return super().__iter__()
-        gc.freeze()
-        try:
-            return super().__iter__()
-        finally:
-            gc.unfreeze()
-
-
 class StreamData(L.LightningDataModule):
     """Serves streaming splits through a DataLoader, this rank's share only, resumable mid-epoch.
 
@@ -456,7 +435,7 @@ class StreamData(L.LightningDataModule):
             )
         spec = self.loader
         workers = spec.workers
-        return SharingLoader(
+        return DataLoader(
             dataset,
             batch_size=batch,
             sampler=sampler,
