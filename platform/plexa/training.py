@@ -5,9 +5,11 @@ plugins), hooks after each saved checkpoint, and `prepare`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,25 @@ def test(
     return {k: float(v) for k, v in results[0].items()} if results else {}
 
 
+@contextlib.contextmanager
+def _threads_beside(workers: int) -> Iterator[None]:
+    """torch's threads in this process, fewer while `workers` loader processes share its cores.
+
+    torch's intra-op pool takes every core by default, and beside busy loader processes on the
+    same cores its threads wait for each other's time slices instead of computing.
+    """
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, len(os.sched_getaffinity(0)) - workers))
+    if workers == 0 or wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_and_test(
     spec: PipelineSpec,
     data: DataSplits,
@@ -234,8 +255,10 @@ def fit_and_test(
     )
     fitter = prepare(fitter)
     previous = signal.getsignal(signal.SIGINT)
+    readers = spec.data.loader.workers if streaming else 0
     try:
-        fitter.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with _threads_beside(readers):
+            fitter.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful teardown then sys.exit(1)
         if not fitter.interrupted:
@@ -246,9 +269,10 @@ def fit_and_test(
         if threading.current_thread() is threading.main_thread():  # not so in a Ray worker
             signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored
     best = checkpoint.best_model_path or None
-    results = fitter.test(
-        module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
-    )
+    with _threads_beside(readers):
+        results = fitter.test(
+            module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+        )
     metrics = {k: float(v) for k, v in results[0].items()} if results else {}
     if checkpoint.best_model_score is not None:
         metrics[f"best_{metric.replace('/', '_')}"] = float(checkpoint.best_model_score)
