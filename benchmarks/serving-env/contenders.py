@@ -10,6 +10,7 @@ wait 2 ms: plexa serve's defaults). ONNX Runtime gets plexa serve's settings (se
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from typing import Any
@@ -65,13 +66,23 @@ def ray(onnx: str, port: int) -> None:
             return self.session.run(None, {"input": x})[0].tolist()
 
         async def __call__(self, request: Request) -> dict:
+            if request.method == "GET":  # the benchmark's readiness probe: the app is deployed
+                return {"ready": True}
             return {"output": await self.predict((await request.json())["input"])}
 
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)  # so the cluster this process started goes with it
     ray_core.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(Digits.bind(onnx), name="digits", route_prefix="/")
-    while True:
-        time.sleep(3600)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(Digits.bind(onnx), name="digits", route_prefix="/")
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray_core.shutdown()
 
 
 def kserve(onnx: str, port: int, grpc_port: int) -> None:
