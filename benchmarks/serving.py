@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -190,8 +191,27 @@ def start(
     if system == "bentoml":
         env["PLEXA_BENCH_ONNX"] = str(model["onnx"])
     log = (folder / f"{system}.log").open("w")
-    process = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(  # its own process group: stop() ends its helpers with it
+        cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     return process, url, ready
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM each server's process group, then SIGKILL whatever is left of each group:
+    LitServe's workers and Ray's agents can outlive their parent and keep taking CPU."""
+    import signal
+
+    def signal_group(process: subprocess.Popen, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+
+    for process in processes:
+        signal_group(process, signal.SIGTERM)
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        signal_group(process, signal.SIGKILL)
 
 
 def wait_ready(ready: str, process: subprocess.Popen, name: str) -> None:
@@ -615,9 +635,9 @@ def int8_rows(name: str, onnx: Path, params: int) -> list[dict[str, Any]]:
 def int8_report(folder: Path, model: dict[str, Any]) -> dict[str, Any]:
     """The digits CNN's int8 ratios (its benchmark run quantized it) and the largest shipped
     model's, trained one epoch of 20 batches with `export.quantize`, or why it has none."""
-    rows = int8_rows("digits-cnn", model["onnx"], _count(model["onnx"]))
     print("counting the shipped pipelines' parameters ...", flush=True)
-    largest, params, counts = largest_pipeline()
+    largest, _, counts = largest_pipeline()
+    rows = int8_rows("digits-cnn (static)", model["onnx"], counts["digits-cnn"])
     out: dict[str, Any] = {"rows": rows, "largest": largest, "counts": counts, "notes": []}
     quantizable = sorted(counts, key=counts.__getitem__, reverse=True)
     for name in quantizable[: quantizable.index("digits-cnn")]:
@@ -639,16 +659,6 @@ def int8_report(folder: Path, model: dict[str, Any]) -> dict[str, Any]:
         out["notes"].append(f"{name} ({counts[name]:,} parameters): `plexa run` exits "
                             f"{done.returncode}: {' '.join(why[-2:])}")  # fmt: skip
     return out
-
-
-def _count(onnx: Path) -> int:
-    """Parameters of an export: the elements of its initialisers."""
-    import math
-
-    import onnx as onnx_lib
-
-    graph = onnx_lib.load(str(onnx)).graph
-    return sum(math.prod(t.dims) for t in graph.initializer)
 
 
 # --------------------------------------------------------------------------- report
@@ -864,6 +874,7 @@ def main() -> None:
         model = train(folder, args.int8)
         xs = samples()
         servers = {s: start(s, model, folder, args.max_wait_ms) for s in args.systems}
+        started = dict(servers)
         try:
             for system, (process, url, ready) in list(servers.items()):
                 try:
@@ -874,7 +885,6 @@ def main() -> None:
                         raise
                     skipped[system] = f"did not start or answer: {exc} (see {system}.log)"
                     print(f"skipping {SYSTEMS[system]}: {skipped[system]}", flush=True)
-                    process.terminate()
                     del servers[system]
             args.systems = list(servers)
             print(f"{len(servers)} servers agree with ONNX Runtime on 32 digits; measuring",
@@ -892,13 +902,7 @@ def main() -> None:
                             flush=True,
                         )
         finally:
-            for process, _, _ in servers.values():
-                process.terminate()
-            for process, _, _ in servers.values():
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop([process for process, _, _ in started.values()])
         results["_batcher"] = [batcher_alone(model["onnx"]) for _ in range(args.repeats)]
         end_load = " ".join(f"{v:.1f}" for v in os.getloadavg())
         if args.int8:
