@@ -674,7 +674,8 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[str, str]) -> s
         f"`{' '.join(['benchmarks/serving.py', *sys.argv[1:]])}` on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores, no GPU; "
         f"load average {loads[0]} at the start, {loads[1]} at the end (the machine is shared).",
-        f"digits CNN from `plexa run pipelines/digits-cnn.yaml`; one digit per request (JSON); "
+        "digits CNN from `plexa run pipelines/digits-cnn.yaml`; one digit per request (JSON; "
+        f"gRPC: raw FP32 bytes); "
         f"{args.duration:g} s per cell, median of {args.repeats} interleaved repeats.",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms |",
