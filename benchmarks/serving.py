@@ -593,9 +593,9 @@ def largest_pipeline() -> tuple[str, int, dict[str, int]]:
     counts = {}
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         try:
-            module = assemble(load_pipeline(path))[3]
+            *_, module = assemble(load_pipeline(path))
         except Exception as exc:  # a pipeline whose data is not on this machine
-            print(f"  {path.name}: not assembled ({type(exc).__name__})", flush=True)
+            print(f"  {path.name}: not assembled ({type(exc).__name__}: {exc})", flush=True)
             continue
         counts[path.stem] = sum(p.numel() for p in module.parameters())
     name = max(counts, key=counts.__getitem__)
@@ -655,9 +655,11 @@ def int8_report(folder: Path, model: dict[str, Any]) -> dict[str, Any]:
             onnx = next((where / "plexa-runs").glob("*/export/model.onnx"))
             out["rows"] += int8_rows(f"{name} ({mode}, 1 epoch)", onnx, counts[name])
             break
-        why = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        out["notes"].append(f"{name} ({counts[name]:,} parameters): `plexa run` exits "
-                            f"{done.returncode}: {' '.join(why[-2:])}")  # fmt: skip
+        why = (done.stderr.strip() or done.stdout.strip()).replace(f"{REPO}/", "").splitlines()
+        said = " ".join(w.strip() for w in why[-2:])
+        out["notes"].append(
+            f"{name} ({counts[name]:,} parameters): `plexa run` exits {done.returncode}: {said}"
+        )
     return out
 
 
@@ -796,7 +798,8 @@ def _int8_lines(int8: dict[str, Any]) -> list[str]:
         "",
         "`--int8`: the digits CNN of this run with `export.quantize` (static), and the largest "
         f"shipped pipeline by parameters, `{int8['largest']}` "
-        f"({int8['counts'][int8['largest']]:,}), or the largest that quantizes. Milliseconds per "
+        f"({int8['counts'].get(int8['largest'], 0):,}), or the largest that quantizes. "
+        "Milliseconds per "
         "call, each the median of alternating float/int8 runs (plexa.quantize.latencies).",
         "",
         "| model | parameters | batch | float32 ms | int8 ms | int8/float32 |",
@@ -906,8 +909,12 @@ def main() -> None:
             stop([process for process, _, _ in started.values()])
         results["_batcher"] = [batcher_alone(model["onnx"]) for _ in range(args.repeats)]
         end_load = " ".join(f"{v:.1f}" for v in os.getloadavg())
-        if args.int8:
-            results["_int8"] = int8_report(folder, model)
+        if args.int8:  # after the servers' figures: a failure here is reported, not fatal
+            try:
+                results["_int8"] = int8_report(folder, model)
+            except Exception as exc:
+                failed = f"--int8 failed: {type(exc).__name__}: {exc}"
+                results["_int8"] = {"rows": [], "largest": None, "counts": {}, "notes": [failed]}
     results["_skipped"] = skipped
     results["_versions"] = versions()
     text = report(results, args, (start_load, end_load))
