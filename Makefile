@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system demo test lint bench ui clean
+.PHONY: setup system demo test lint bench ui clean image check-image
 
 $(STAMP): pyproject.toml constraints.txt scripts/install-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ test: setup system
 	$(BIN)/python -m pytest -n 2 --dist loadfile; tests=$$?; \
 	wait $$linting; linted=$$?; cat $$log; rm -f $$log; \
 	test $$tests -eq 0 && test $$linted -eq 0
+
+# deploy/docker/Dockerfile as plexa:cpu: docker where a daemon answers, else buildah (on a base
+# made from Debian's packages where python:3.11-slim-bookworm cannot be pulled); see deploy/README.md
+image:
+	scripts/build-image
+
+# builds the image, then runs plexa in containers from it and tests/test_image.py (.ci/run runs it)
+check-image: setup
+	scripts/check-image
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
