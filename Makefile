@@ -32,7 +32,7 @@ lint: setup
 # (lint runs beside the tests, its output printed after theirs; either failing fails the target)
 test: setup system
 	@log=$$(mktemp); $(MAKE) --no-print-directory lint >$$log 2>&1 & linting=$$!; \
-	$(BIN)/python -m pytest -n 2 --dist loadfile; tests=$$?; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25; tests=$$?; \
 	wait $$linting; linted=$$?; cat $$log; rm -f $$log; \
 	test $$tests -eq 0 && test $$linted -eq 0
 
