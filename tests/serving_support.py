@@ -3,9 +3,12 @@ seconds) and a real uvicorn server on a free port in a background thread."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -101,6 +104,23 @@ def cached(kind: str, root: Path) -> Path:
             make = {"digits": digits_export, "generator": generator_export}[kind]
             _CACHE[kind] = make(root / kind)
         return _CACHE[kind]
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+    """Until `plexa serve` at `url` answers ready; fails at once if the process has exited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready")
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from plexa.export import INT8_MODEL_NAME, MLFLOW_MODEL_NAME, VARIANT_TAG
 from plexa.quantize import DROP_KEY, QUANTIZED_FILE
 from plexa.runners import RunResult
 from tests.conftest import BIN, PIPELINES, _empty_store
-from tests.serving_support import free_port
+from tests.serving_support import free_port, wait_ready
 
 # the shipped digits CNN, trained briefly: a real conv net, seconds on a busy CPU
 FAST = [
@@ -191,7 +191,7 @@ def test_serve_answers_with_the_int8_variant(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process)
+        wait_ready(url, process)
         x = np.zeros((2, 1, 8, 8), dtype=np.float32)
         body = {"inputs": [{"name": "input", "shape": [2, 1, 8, 8], "datatype": "FP32",
                             "data": x.ravel().tolist()}]}  # fmt: skip
@@ -207,24 +207,6 @@ def test_serve_answers_with_the_int8_variant(
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"server exited: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready")
 
 
 def test_quantize_settings_are_checked_with_their_paths() -> None:

@@ -33,7 +33,7 @@ from plexa.serving.app import create_app
 from plexa.serving.batching import Batcher
 from plexa.serving.model import load
 from tests.conftest import BIN
-from tests.serving_support import ThreadServer, cached, digits_data, free_port
+from tests.serving_support import ThreadServer, cached, digits_data, free_port, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +429,7 @@ def test_cli_binds_loopback_and_finishes_in_flight_requests(digits: Path, test_x
 
     reader = threading.Thread(target=read_output, daemon=True)
     try:
-        _wait_ready(url, process)
+        wait_ready(url, process)
         reader.start()
         import psutil
 
@@ -498,22 +498,6 @@ def test_cli_refuses_bad_targets_before_starting(workdir: Path) -> None:
     )
     assert done.returncode == 2
     assert "missing.onnx: no such file" in done.stdout and "x.txt: not an .onnx" in done.stdout
-
-
-def _wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"server exited: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready")
 
 
 if __name__ == "__main__":
