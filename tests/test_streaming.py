@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from plexa import orchestrator
@@ -268,3 +269,24 @@ def test_a_dataset_hears_each_epoch_before_it_starts(workdir: Path) -> None:
     )  # fmt: skip
     orchestrator.run(spec)
     assert EpochRows.heard == [0, 1]
+
+
+def test_torch_leaves_the_loader_workers_their_cores_and_gets_its_threads_back() -> None:
+    from plexa.training import _threads_beside
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: torch has a single thread either way")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cores)  # torch's default: a thread per core
+    try:
+        with _threads_beside(1):
+            assert torch.get_num_threads() == cores - 1
+        assert torch.get_num_threads() == cores
+        with _threads_beside(cores + 4):  # more workers than cores: torch keeps one thread
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == cores
+        with _threads_beside(0):  # in-memory data: nothing changes
+            assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(previous)
