@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -379,22 +380,43 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float
         transport, connection = await loop.create_connection(
             _Connection, where.hostname, where.port
         )
-        i = k
+
+        async def send(request: bytes) -> bool:
+            return await connection.send(request) == 200
+
         try:
-            while (now := time.perf_counter()) < stop:
-                ok = await connection.send(requests[i % len(requests)]) == 200
-                done = time.perf_counter()
-                if now >= warm_until:
-                    if ok:
-                        latencies.append(done - now)
-                    else:
-                        errors += 1
-                i += concurrency
+            errors += await _closed_loop(
+                send, requests, k, concurrency, warm_until, stop, latencies
+            )
         finally:
             transport.close()
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     return _summary(latencies, errors, duration)
+
+
+async def _closed_loop(
+    send: Callable[[Any], Awaitable[bool]],
+    requests: list[Any],
+    k: int,
+    concurrency: int,
+    warm_until: float,
+    stop: float,
+    latencies: list[float],
+) -> int:
+    """Worker k of `concurrency`: sends its share of `requests` in turn, each when the last is
+    answered, until `stop`; appends the latencies after `warm_until` and returns the errors."""
+    errors, i = 0, k
+    while (now := time.perf_counter()) < stop:
+        ok = await send(requests[i % len(requests)])
+        done = time.perf_counter()
+        if now >= warm_until:
+            if ok:
+                latencies.append(done - now)
+            else:
+                errors += 1
+        i += concurrency
+    return errors
 
 
 def _summary(latencies: list[float], errors: int, duration: float) -> dict[str, Any]:
@@ -454,20 +476,17 @@ async def _grpc_load(url: str, xs: list[list[float]], concurrency: int, duration
         nonlocal errors
         async with grpc.aio.insecure_channel(target) as channel:
             infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-            i = k
-            while (now := time.perf_counter()) < stop:
+
+            async def send(request: Any) -> bool:
                 try:
-                    await infer(requests[i % len(requests)])
-                    ok = True
+                    await infer(request)
+                    return True
                 except grpc.aio.AioRpcError:
-                    ok = False
-                done = time.perf_counter()
-                if now >= warm_until:
-                    if ok:
-                        latencies.append(done - now)
-                    else:
-                        errors += 1
-                i += concurrency
+                    return False
+
+            errors += await _closed_loop(
+                send, requests, k, concurrency, warm_until, stop, latencies
+            )
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     return _summary(latencies, errors, duration)

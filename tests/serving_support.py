@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -106,21 +108,31 @@ def cached(kind: str, root: Path) -> Path:
         return _CACHE[kind]
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
-    """Until `plexa serve` at `url` answers ready; fails at once if the process has exited."""
+def wait_ready(
+    url: str,
+    process: subprocess.Popen[Any],
+    seconds: float = 60,
+    output: Callable[[], str] | None = None,
+) -> None:
+    """Until `plexa serve` at `url` answers ready; fails at once if the process has exited,
+    with `output()` (default: what it printed) in the message."""
+
+    def said() -> str:
+        if output is not None:
+            return output()
+        return str(process.stdout.read()) if process.stdout else ""
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(
-                f"server exited: {process.stdout.read() if process.stdout else ''}"
-            )
+            raise AssertionError(f"server exited:\n{said()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready")
+    raise TimeoutError(f"{url} not ready in {seconds:g} s:\n{said() if output else ''}")
 
 
 def free_port() -> int:

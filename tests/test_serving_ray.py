@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.conftest import BIN
-from tests.serving_support import cached, digits_data, free_port
+from tests.serving_support import cached, digits_data, free_port, wait_ready
 
 
 @pytest.mark.slow
@@ -48,7 +47,7 @@ def test_two_ray_serve_replicas_speak_the_protocol(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log)
+        wait_ready(url, process, 180, lambda: log.read_text()[-3000:])
         x = digits_data().test.x[:4]
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_server_ready() and client.is_model_ready("digits")
@@ -80,17 +79,3 @@ def test_two_ray_serve_replicas_speak_the_protocol(
     text = log.read_text()
     loaded = set(re.findall(r"pid=(\d+)\).*plexa.serving: loaded digits", text))
     assert len(loaded) == 2, text[-3000:]  # two replica processes loaded and warmed the model
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"plexa serve --ray exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready in 180 s:\n{log.read_text()[-3000:]}")
