@@ -242,7 +242,6 @@ def main() -> None:
     parser.add_argument("--cap-mb", type=int, default=1536)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument(
         "--contenders",
         default="plexa local,hand-written,plexa ray",
@@ -266,7 +265,7 @@ def main() -> None:
     args.rows, args.features = _shape(folder)  # what the table holds, when it is reused
     decoded = in_memory_bytes(folder)
     _cgroup(args.cap_mb)
-    kinds = [k for k in args.contenders.split(",") if not (args.skip_ray and k == "plexa ray")]
+    kinds = args.contenders.split(",")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(args.repeats):
         for kind in kinds:
