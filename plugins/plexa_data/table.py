@@ -745,7 +745,8 @@ class Encoder:
         self._value_at: list[int] = []
         self._missing_at: list[int] = []
         self._has_missing: list[int] = []
-        self._categories: list[tuple[dict[str, Any], int]] = []
+        # each category column with its first output column and its vocabulary as Arrow strings
+        self._categories: list[tuple[dict[str, Any], int, pa.Array]] = []
         for column in spec["columns"]:
             name = column["name"]
             if column["type"] == "number":
@@ -757,7 +758,8 @@ class Encoder:
                     self._missing_at.append(len(self.names))
                     self.names.append(f"{name}:missing")
                 continue
-            self._categories.append((column, len(self.names)))
+            vocabulary = pa.array(column["values"], pa.string())
+            self._categories.append((column, len(self.names), vocabulary))
             self.names += [f"{name}={v}" for v in column["values"]]
             self.names += [f"{name}:unknown"]
             self.names += [f"{name}:missing"] if column["missing"] else []
@@ -798,11 +800,10 @@ class Encoder:
             missing = missing[:, self._has_missing]
             for (first, step, count), j in self._missing_runs:
                 out[:, first : first + step * count : step] = missing[:, j : j + count]
-        for column, at in self._categories:
+        for column, at, vocabulary in self._categories:
             raw = present.get(column["name"])
             text = pc.cast(pa.nulls(rows) if raw is None else raw, pa.string())
-            vocabulary = column["values"]
-            codes = pc.index_in(text, value_set=pa.array(vocabulary, pa.string()))
+            codes = pc.index_in(text, value_set=vocabulary)
             index = codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
             unknown = len(vocabulary)
             index[index < 0] = unknown
