@@ -3,6 +3,7 @@ run interrupted mid-epoch that resumes with exactly the batches it had not train
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -111,6 +112,35 @@ def test_a_streaming_run_interrupted_mid_epoch_resumes_with_exactly_the_unseen_b
     assert rest.batches[0][:2] == (1, 5)
     assert first.batches + rest.batches == straight.batches  # none repeated, none skipped
     assert resumed.metrics == uninterrupted.metrics
+
+
+class Workers(L.Callback):
+    """The loader worker processes alive while training batches, and while validating."""
+
+    def __init__(self) -> None:
+        self.training: set[int] = set()
+        self.validating: set[int] = set()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.training |= {p.pid for p in multiprocessing.active_children()}
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            self.validating |= {p.pid for p in multiprocessing.active_children()}
+
+
+def test_the_training_loader_workers_exit_before_the_epoch_end_validation(workdir: Path) -> None:
+    """Lightning validates right after an epoch's last batch, before it would ask the loader
+    for more; the workers of a plain DataLoader would still be alive, holding their memory."""
+    spec = load_pipeline(
+        PIPELINES / "digits-mlp.yaml",
+        ["compute.accelerator=cpu", "data.plugin=disk-digits", f"data.params={{folder: {workdir}}}",
+         "data.loader.workers=2", "train.max_epochs=2", "export.onnx=false"],
+    )  # fmt: skip
+    seen = Workers()
+    orchestrator.run(spec, callbacks=[seen])
+    assert len(seen.training) == 4  # two workers an epoch
+    assert seen.validating and not seen.validating & seen.training
 
 
 def order(epoch: int, rank: int = 0, world: int = 1, **kw: Any) -> list[int]:

@@ -243,6 +243,9 @@ def test_a_table_over_its_memory_limit_streams_the_rows_it_would_hold(
         assert isinstance(batch, Batch) and batch.x.dtype == np.float32
         np.testing.assert_array_equal(batch.x, x[order])
         assert batch.y.tolist() == held.y[order].tolist()
+        # of each row group read, only this split's rows were encoded and kept
+        kept = {g: len(d) for g, d in rows._decoded.items()}
+        assert kept and kept == {g: int(rows.firsts[g + 1] - rows.firsts[g]) for g in kept}
     cache = list((tmp_path / ".plexa-cache").glob("*.parquet"))
     assert len(cache) == (suffix == ".csv")  # Parquet in small row groups is read in place
 

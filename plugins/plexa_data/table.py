@@ -89,9 +89,9 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS = 10  # fewer cannot be split into train, val and test
 GROUP_ROWS = 4096  # rows per row group that streaming reads (and decodes) at once
-# decoded row groups a reader keeps: a shuffled block of GROUP_ROWS of a split's rows spans a
-# few row groups (the split holds a share of each), so each is decoded once an epoch
-KEPT_GROUPS = 4
+# encoded rows a reader keeps: a shuffled block of GROUP_ROWS of a split's rows, with the rest
+# of the split's rows in the row groups at its two ends, so each group is read once an epoch
+KEPT_ROWS = 3 * GROUP_ROWS
 _INFER_BYTES = 1 << 20  # CSV and JSON lines: column types come from the first block
 _PACKAGE = "package:"
 _EXTENSIONS = {
@@ -1022,27 +1022,31 @@ def _parquet_for(path: Path, plan: _Plan) -> Path:
 
 
 class TableRows:
-    """One split's rows of Parquet files, each read with its row group and encoded when asked.
+    """One split's rows of Parquet files, read a row group at a time and encoded when asked.
 
     Map-style (the core shuffles and shards it by index). Picklable for loader workers: files
-    are opened by the process that reads them, and the last few decoded row groups are kept
-    there (training shuffles blocks of neighbouring rows, val and test read in file order, so
-    one decoded group serves many rows)."""
+    are opened by the process that reads them. Of each row group read, only this split's rows
+    are encoded and kept, the last few groups' worth of them (training shuffles blocks of the
+    split's neighbouring rows, val and test read in file order, so one read serves many rows,
+    and a small split, whose rows are a few of each group, encodes no others)."""
 
     def __init__(
         self,
         files: list[str],
+        metadata: list[Any],  # each file's parsed footer (pyarrow's FileMetaData)
         groups: np.ndarray,  # (file index, row group index) per row group, in row order
         starts: np.ndarray,  # the first row of each row group
-        rows: np.ndarray,  # the split's rows (row numbers over all files)
+        rows: np.ndarray,  # the split's rows (row numbers over all files), sorted
         labels: np.ndarray,
         spec: dict[str, Any],
         columns: list[str],
     ) -> None:
-        self.files, self.groups, self.starts = files, groups, starts
+        self.files, self.metadata, self.groups, self.starts = files, metadata, groups, starts
         self.rows, self.labels, self.spec, self.columns = rows, labels, spec, columns
+        # the split's first sample in each row group (and one past the last)
+        self.firsts = np.searchsorted(rows, np.append(starts, np.iinfo(np.int64).max))
         self._open: dict[int, Any] = {}
-        self._decoded: dict[int, np.ndarray] = {}  # row group -> its encoded rows, LRU order
+        self._decoded: dict[int, np.ndarray] = {}  # row group -> its split rows encoded, LRU
         self._encoder: Encoder | None = None
 
     def __len__(self) -> int:
@@ -1056,34 +1060,48 @@ class TableRows:
         """A batch's rows at once (PyTorch's batched fetch): each row group it touches is
         decoded once and its rows taken by one index operation, not one call per row."""
         picked = np.asarray(indices, dtype=np.int64)
-        rows = self.rows[picked]
-        groups = np.searchsorted(self.starts, rows, side="right") - 1
-        parts = [self._group(int(g))[rows[groups == g] - self.starts[g]] for g in np.unique(groups)]
+        groups = np.searchsorted(self.firsts, picked, side="right") - 1
+        parts = [
+            self._group(int(g))[picked[groups == g] - self.firsts[g]] for g in np.unique(groups)
+        ]
         if not parts:
             x = np.empty((0, Encoder(self.spec).width), dtype=np.float32)
         elif len(parts) == 1:  # the usual case: a shuffled block lies in one row group
             x = parts[0]
         else:  # the parts hold the rows sorted by row group: put them back in the asked order
-            x = np.empty((len(rows), parts[0].shape[1]), dtype=parts[0].dtype)
+            x = np.empty((len(picked), parts[0].shape[1]), dtype=parts[0].dtype)
             x[np.argsort(groups, kind="stable")] = np.concatenate(parts)
         return Batch(x, self.labels[picked])
 
     def _group(self, group: int) -> np.ndarray:
         decoded = self._decoded.pop(group, None)
         if decoded is None:
-            import pyarrow.parquet as pq
-
-            file, index = (int(v) for v in self.groups[group])
-            if file not in self._open:
-                self._open[file] = pq.ParquetFile(self.files[file])
-            if self._encoder is None:
-                self._encoder = Encoder(self.spec)
-            table = self._open[file].read_row_group(index, columns=self.columns)
-            decoded = self._encoder(table)
-            if len(self._decoded) >= KEPT_GROUPS:
-                del self._decoded[next(iter(self._decoded))]  # the least recently used
+            decoded = self._read(group)
+            kept = sum(len(d) for d in self._decoded.values()) + len(decoded)
+            while self._decoded and kept > KEPT_ROWS:  # the least recently used go first
+                kept -= len(self._decoded.pop(next(iter(self._decoded))))
         self._decoded[group] = decoded
         return decoded
+
+    def _read(self, group: int) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        file, index = (int(v) for v in self.groups[group])
+        if file not in self._open:
+            # without pre-buffering, which would keep what it read of a row group for the
+            # reader's lifetime
+            self._open[file] = pq.ParquetFile(
+                self.files[file], metadata=self.metadata[file], pre_buffer=False
+            )
+        if self._encoder is None:
+            self._encoder = Encoder(self.spec)
+        # one thread: the loader's workers are the parallelism (and each thread a reader
+        # starts keeps an allocator heap of its own)
+        table = self._open[file].read_row_group(index, columns=self.columns, use_threads=False)
+        mine = self.rows[self.firsts[group] : self.firsts[group + 1]] - self.starts[group]
+        if len(mine) < table.num_rows:
+            table = table.take(mine)
+        return self._encoder(table)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": {}, "_decoded": {}, "_encoder": None}
@@ -1093,9 +1111,11 @@ def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
     import pyarrow.parquet as pq
 
     parquet = [_parquet_for(path, plan) for path in plan.files.paths]
+    # each file's footer, parsed once here: the splits' readers share it (forked loader workers
+    # without copying it), where each would otherwise parse its own, tens of MB for a wide file
+    metadata = [pq.read_metadata(path) for path in parquet]
     groups, sizes = [], []
-    for k, path in enumerate(parquet):
-        meta = pq.ParquetFile(path).metadata
+    for k, meta in enumerate(metadata):
         for g in range(meta.num_row_groups):
             groups.append((k, g))
             sizes.append(meta.row_group(g).num_rows)
@@ -1109,20 +1129,22 @@ def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
     train[targets.rows[0]] = True
     stats = _Stats(plan, config.max_categories)
     offset = 0
-    for source, path in zip(plan.files.paths, parquet, strict=True):
-        reader = pq.ParquetFile(path)
+    for source, path, meta in zip(plan.files.paths, parquet, metadata, strict=True):
+        reader = pq.ParquetFile(path, metadata=meta)
         start = offset
-        for batch in reader.iter_batches(batch_size=GROUP_ROWS, columns=plan.columns):
-            table = _prepared(pa.Table.from_batches([batch]), plan)
+        for g in range(meta.num_row_groups):  # (`iter_batches` would hold a file's reads)
+            table = _prepared(reader.read_row_group(g, columns=plan.columns), plan)
             _finite(table, plan, source, offset - start)
             stats.add(table.filter(pa.array(train[offset : offset + table.num_rows])))
             offset += table.num_rows
+    pa.default_memory_pool().release_unused()  # what reading every row group left cached
     encoder = Encoder(stats.spec())
     ys, target_norm = _target_arrays(targets)
     streams = [
         Stream(
             TableRows(
                 [str(p) for p in parquet],
+                metadata,
                 np.asarray(groups, dtype=np.int64).reshape(-1, 2),
                 starts,
                 rows,
