@@ -517,6 +517,92 @@ def _grpc_process(mode: str, spec: dict[str, Any], timeout: float) -> Any:
     return json.loads(done.stdout)
 
 
+def native_measure(system: str, url: str, x: list[float], concurrency: int, duration: float):
+    """One cell from h2load (nghttp2's load generator, C): `concurrency` connections, one
+    request in flight on each, for `duration` seconds after a second's warm-up; HTTP/1.1 JSON
+    to plexa's REST, HTTP/2 gRPC frames of one ModelInfer request to its gRPC port. A native
+    client leaves the shared cores to the server, so REST and gRPC are compared on the server's
+    cost, not on the Python clients'. h2load counts an HTTP 200 as done; a gRPC error is an
+    HTTP 200 without a message, so every gRPC answer's size is checked too."""
+    import re
+
+    with tempfile.NamedTemporaryFile(suffix=".body") as body:
+        if system in GRPC:
+            import numpy as np
+
+            from plexa.serving.proto import grpc_predict_v2_pb2 as pb  # KServe's messages
+
+            tensor = pb.ModelInferRequest.InferInputTensor(
+                name="input", datatype="FP32", shape=[1, 1, 8, 8]
+            )
+            message = pb.ModelInferRequest(
+                model_name="digits",
+                inputs=[tensor],
+                raw_input_contents=[np.asarray(x, "<f4").tobytes()],
+            ).SerializeToString()
+            body.write(b"\0" + len(message).to_bytes(4, "big") + message)
+            target = (
+                url.replace("grpc://", "http://") + "/inference.GRPCInferenceService/ModelInfer"
+            )
+            headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        else:
+            body.write(payload(system, x))
+            target = f"{url}/v2/models/digits/infer"
+            headers = ["--h1", "-H", "content-type: application/json"]
+        body.flush()
+        done = subprocess.run(
+            ["h2load", "-c", str(concurrency), "-m", "1", "-D", str(duration),
+             "--warm-up-time", "1", "-d", body.name, *headers, target],
+            capture_output=True, text=True, timeout=duration + 60, check=True,
+        )  # fmt: skip
+    out = done.stdout
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+    counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    data = re.search(r"traffic: .*?(\d+) bytes data", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    succeeded = int(counts.group(2))
+    if system in GRPC and succeeded and int(data.group(1)) / succeeded < 16:
+        raise SystemExit(f"h2load: gRPC answers without a message (errors): {out}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+    return {"rps": rps, "done": int(counts.group(1)), "succeeded": succeeded,
+            "mean_ms": float(mean.group(1)) * scale}  # fmt: skip
+
+
+def native_cells(servers: dict, x: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    """plexa's REST and gRPC under h2load, interleaved like the other cells."""
+    cells: dict[str, Any] = {s: {c: [] for c in args.concurrency} for s in ("plexa", "plexa-grpc")}
+    for repeat in range(args.repeats):
+        for c in args.concurrency:
+            for system in cells:
+                cell = native_measure(system, servers[system][1], x, c, args.duration)
+                cells[system][c].append(cell)
+                print(f"h2load repeat {repeat + 1} c={c:>2} {system:>10}: {cell['rps']:7.0f} "
+                      f"req/s  mean {cell['mean_ms']:.2f} ms", flush=True)  # fmt: skip
+    return cells
+
+
+def _native_lines(native: dict[str, Any]) -> list[str]:
+    lines = [
+        "## gRPC against REST under a native load generator",
+        "",
+        "`--native-load`: h2load (nghttp2-client, C) as the client of both of plexa's endpoints, "
+        "HTTP/1.1 keep-alive JSON to REST, HTTP/2 ModelInfer frames to gRPC, one request in "
+        "flight per connection; the same digit in every request. Medians of the repeats.",
+        "",
+        "| concurrency | REST req/s | gRPC req/s | gRPC/REST (median of repeats' ratios) |",
+        "|---|---|---|---|",
+    ]
+    for c in native["plexa"]:
+        rest = [cell["rps"] for cell in native["plexa"][c]]
+        grpc = [cell["rps"] for cell in native["plexa-grpc"][c]]
+        ratios = [g / r for g, r in zip(grpc, rest, strict=True)]
+        lines.append(
+            f"| {c} | {statistics.median(rest):,.0f} | {statistics.median(grpc):,.0f} | "
+            f"**{statistics.median(ratios):.2f}x** ({', '.join(f'{v:.2f}' for v in ratios)}) |"
+        )
+    return lines
+
+
 def measure(system: str, url: str, xs: list[list[float]], concurrency: int, duration: float):
     """One cell, in a separate load-generator process."""
     spec = {"url": url, "system": system, "xs": xs, "c": concurrency, "d": duration}
@@ -621,26 +707,30 @@ def largest_pipeline() -> tuple[str, int, dict[str, int]]:
     return name, counts[name], counts
 
 
-def _feed(onnx: Path, batch: int) -> Any:
-    """A batch of the export's input: normal floats, or small token ids for an int input."""
+def _feed(onnx: Path, batch: int, seed: int = 0) -> dict[str, Any]:
+    """A batch of each of the export's inputs: normal floats (a generator's noisy images, a
+    classifier's features), small whole numbers for an integer input (token ids, timesteps)."""
     import numpy as np
     import onnxruntime as ort
 
-    arg = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs()[0]
-    shape = [batch, *(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape[1:])]
-    rng = np.random.default_rng(0)
-    if "int" in arg.type:
-        return rng.integers(0, 10, shape).astype(np.int64)
-    return rng.standard_normal(shape).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for arg in ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs():
+        shape = [batch, *(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape[1:])]
+        if "int" in arg.type:
+            feed[arg.name] = rng.integers(0, 10, shape).astype(np.int64)
+        else:
+            feed[arg.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
 
 
-def int8_rows(name: str, onnx: Path, params: int) -> list[dict[str, Any]]:
+def int8_rows(name: str, onnx: Path, params: int, int8: Path | None = None) -> list[dict[str, Any]]:
     """int8/float32 milliseconds per ONNX Runtime call at batch 1 and 64, each the median of
     alternating single-threaded runs (plexa.quantize.latencies: what export/int8/latency_ratio
     measures, there on the test rows)."""
     from plexa.quantize import latencies
 
-    int8 = onnx.with_name("model.int8.onnx")
+    int8 = int8 or onnx.with_name("model.int8.onnx")
     rows = []
     for batch in (1, 64):
         fp32_ms, int8_ms = latencies(onnx, int8, _feed(onnx, batch), runs=200 if batch == 1 else 50)
@@ -649,6 +739,29 @@ def int8_rows(name: str, onnx: Path, params: int) -> list[dict[str, Any]]:
              "int8_ms": int8_ms, "ratio": int8_ms / fp32_ms}
         )  # fmt: skip
     return rows
+
+
+def quantize_unchecked(onnx: Path) -> Path:
+    """The float export quantized as `export.quantize: {mode: static}` does (ONNX Runtime's
+    pre-processing, then QDQ int8 weights and activations), calibrated on 256 random feeds of
+    its inputs, with no metric to check it against: what a generator's int8 latency would be,
+    which `export.quantize` refuses to make (a generative task has no test metric to gate)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, out = onnx.with_name("prepared.onnx"), onnx.with_name("model.int8.onnx")
+    quant_pre_process(str(onnx), str(prepared))
+    feeds = iter([_feed(onnx, 32, seed) for seed in range(8)])
+
+    class Calibration:
+        def get_next(self) -> dict[str, Any] | None:
+            return next(feeds, None)
+
+    quantize_static(
+        str(prepared), str(out), Calibration(), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return out
 
 
 def int8_report(folder: Path, model: dict[str, Any]) -> dict[str, Any]:
@@ -679,6 +792,16 @@ def int8_report(folder: Path, model: dict[str, Any]) -> dict[str, Any]:
         out["notes"].append(
             f"{name} ({counts[name]:,} parameters): `plexa run` exits {done.returncode}: {said}"
         )
+        if name == largest and "generative" in said:  # its float export, quantized here
+            print(f"training {name} (1 epoch, 20 batches), quantizing it unchecked ...", flush=True)
+            subprocess.run(
+                [str(BIN / "plexa"), "run", str(REPO / "pipelines" / f"{name}.yaml"),
+                 "train.max_epochs=1", "train.limit_batches=20"],
+                cwd=where, env=_env(where), capture_output=True, text=True, timeout=900, check=True,
+            )  # fmt: skip
+            onnx = next((where / "plexa-runs").glob("*/export/model.onnx"))
+            label = f"{name} (static, unchecked, 1 epoch)"
+            out["rows"] += int8_rows(label, onnx, counts[name], quantize_unchecked(onnx))
     return out
 
 
@@ -760,6 +883,8 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[str, str]) -> s
     if results.get("_versions"):
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in results["_versions"].items())
                      + ".")  # fmt: skip
+    if results.get("_native"):
+        lines += ["", *_native_lines(results["_native"])]
     if results.get("_int8"):
         lines += ["", *_int8_lines(results["_int8"])]
     return "\n".join(lines) + "\n"
@@ -884,6 +1009,10 @@ def main() -> None:
         "--int8", action="store_true",
         help="also report int8/float32 ONNX Runtime latency (digits CNN, largest model)",
     )  # fmt: skip
+    parser.add_argument(
+        "--native-load", action="store_true",
+        help="also load plexa's REST and gRPC endpoints with h2load (nghttp2-client), a C client",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/serving.md")
     args = parser.parse_args()
 
@@ -924,6 +1053,8 @@ def main() -> None:
                             f"{cell['p99_ms']:6.1f} ms",
                             flush=True,
                         )
+            if args.native_load and {"plexa", "plexa-grpc"} <= set(servers):
+                results["_native"] = native_cells(servers, xs[0], args)
         finally:
             stop([process for process, _, _ in started.values()])
         results["_batcher"] = [batcher_alone(model["onnx"]) for _ in range(args.repeats)]

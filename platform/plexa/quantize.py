@@ -376,14 +376,17 @@ def _latency_batch(data: DataSplits) -> np.ndarray:
 
 
 def latencies(
-    first: Path, second: Path, batch: np.ndarray, runs: int = LATENCY_RUNS
+    first: Path, second: Path, batch: np.ndarray | dict[str, np.ndarray], runs: int = LATENCY_RUNS
 ) -> tuple[float, float]:
-    """Median milliseconds per call of each file on `batch`, timed in alternation after a few
-    untimed calls; one thread each, so the figure is the kernels', not the thread pool's."""
+    """Median milliseconds per call of each file on `batch` (the first input, or a feed of
+    every input by name), timed in alternation after a few untimed calls; one thread each, so
+    the figure is the kernels', not the thread pool's."""
     import statistics
 
     sessions = [_session(first, threads=1), _session(second, threads=1)]
-    feeds = [{s.get_inputs()[0].name: batch} for s in sessions]
+    feeds = [
+        batch if isinstance(batch, dict) else {s.get_inputs()[0].name: batch} for s in sessions
+    ]
     times: list[list[float]] = [[], []]
     for i in range(runs + 3):
         for k, session in enumerate(sessions):
