@@ -75,7 +75,7 @@ SYSTEMS = {
 }
 CONTENDERS = ("bentoml", "litserve", "ray", "kserve")  # the four of the 1.5x goal
 FROM_SERVING_ENV = {*CONTENDERS, "kserve-grpc"}  # run by .venv-serving's python
-GRPC = {"plexa-grpc", "kserve-grpc"}
+GRPC = {"plexa-grpc", "kserve-grpc", "grpc-echo"}
 SERVER_PACKAGES = (
     "bentoml", "litserve", "ray", "kserve", "onnxruntime", "numpy", "grpcio", "tritonclient",
 )  # fmt: skip
@@ -547,18 +547,18 @@ def native_measure(system: str, url: str, x: list[float], concurrency: int, dura
             headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
         else:
             body.write(payload(system, x))
-            target = f"{url}/v2/models/digits/infer"
+            target = url  # the model's infer route
             headers = ["--h1", "-H", "content-type: application/json"]
         body.flush()
         done = subprocess.run(
-            ["h2load", "-c", str(concurrency), "-m", "1", "-D", str(duration),
+            ["h2load", "-c", str(concurrency), "-m", "1", "-D", f"{max(duration, 1):g}",
              "--warm-up-time", "1", "-d", body.name, *headers, target],
             capture_output=True, text=True, timeout=duration + 60, check=True,
         )  # fmt: skip
     out = done.stdout
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
     counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    data = re.search(r"traffic: .*?(\d+) bytes data", out)
+    data = re.search(r"traffic: .*\((\d+)\) data", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     succeeded = int(counts.group(2))
     if system in GRPC and succeeded and int(data.group(1)) / succeeded < 16:
@@ -568,17 +568,67 @@ def native_measure(system: str, url: str, x: list[float], concurrency: int, dura
             "mean_ms": float(mean.group(1)) * scale}  # fmt: skip
 
 
+def grpc_echo(port: int) -> None:
+    """grpcio's asyncio server answering every ModelInfer with one prebuilt response, no model,
+    no checks: what a Python gRPC endpoint can answer at most here (`--native-load`'s ceiling)."""
+    import grpc
+    import numpy as np
+
+    from plexa.serving.proto import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32", shape=[1, 10])
+    answer = pb.ModelInferResponse(
+        model_name="digits", outputs=[tensor], raw_output_contents=[bytes(np.zeros(10, "<f4"))]
+    )
+
+    async def infer(request: Any, context: Any) -> Any:
+        return answer
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        method = grpc.unary_unary_rpc_method_handler(
+            infer,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
+                                                  {"ModelInfer": method}),)
+        )  # fmt: skip
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("ready", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
 def native_cells(servers: dict, x: list[float], args: argparse.Namespace) -> dict[str, Any]:
-    """plexa's REST and gRPC under h2load, interleaved like the other cells."""
-    cells: dict[str, Any] = {s: {c: [] for c in args.concurrency} for s in ("plexa", "plexa-grpc")}
+    """plexa's REST and gRPC, and a bare grpcio echo, under h2load, interleaved like the
+    other cells."""
+    port = _port()
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "_grpc_echo", str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    urls = {"plexa": servers["plexa"][1], "plexa-grpc": servers["plexa-grpc"][1],
+            "grpc-echo": f"grpc://127.0.0.1:{port}"}  # fmt: skip
+    cells: dict[str, Any] = {s: {c: [] for c in args.concurrency} for s in urls}
+    try:
+        _native_repeats(cells, urls, x, args)
+    finally:
+        stop([echo])
+    return cells
+
+
+def _native_repeats(cells: dict, urls: dict, x: list[float], args: argparse.Namespace) -> None:
     for repeat in range(args.repeats):
         for c in args.concurrency:
             for system in cells:
-                cell = native_measure(system, servers[system][1], x, c, args.duration)
+                cell = native_measure(system, urls[system], x, c, args.duration)
                 cells[system][c].append(cell)
                 print(f"h2load repeat {repeat + 1} c={c:>2} {system:>10}: {cell['rps']:7.0f} "
                       f"req/s  mean {cell['mean_ms']:.2f} ms", flush=True)  # fmt: skip
-    return cells
 
 
 def _native_lines(native: dict[str, Any]) -> list[str]:
@@ -589,16 +639,25 @@ def _native_lines(native: dict[str, Any]) -> list[str]:
         "HTTP/1.1 keep-alive JSON to REST, HTTP/2 ModelInfer frames to gRPC, one request in "
         "flight per connection; the same digit in every request. Medians of the repeats.",
         "",
-        "| concurrency | REST req/s | gRPC req/s | gRPC/REST (median of repeats' ratios) |",
-        "|---|---|---|---|",
+        "The last column is grpcio's own asyncio server answering a prebuilt response with "
+        "no model and no checks (`grpc_echo`): the most a Python gRPC endpoint answers here.",
+        "",
+        "| concurrency | REST req/s | gRPC req/s | gRPC/REST (median of repeats' ratios) | "
+        "bare grpcio echo req/s (its ratio to REST) |",
+        "|---|---|---|---|---|",
     ]
+
+    def rates(system: str, c: Any) -> list[float]:
+        return [cell["rps"] for cell in native[system][c]]
+
     for c in native["plexa"]:
-        rest = [cell["rps"] for cell in native["plexa"][c]]
-        grpc = [cell["rps"] for cell in native["plexa-grpc"][c]]
+        rest, grpc, echo = rates("plexa", c), rates("plexa-grpc", c), rates("grpc-echo", c)
         ratios = [g / r for g, r in zip(grpc, rest, strict=True)]
+        ceiling = statistics.median(e / r for e, r in zip(echo, rest, strict=True))
         lines.append(
             f"| {c} | {statistics.median(rest):,.0f} | {statistics.median(grpc):,.0f} | "
-            f"**{statistics.median(ratios):.2f}x** ({', '.join(f'{v:.2f}' for v in ratios)}) |"
+            f"**{statistics.median(ratios):.2f}x** ({', '.join(f'{v:.2f}' for v in ratios)}) | "
+            f"{statistics.median(echo):,.0f} ({ceiling:.2f}x) |"
         )
     return lines
 
@@ -1088,6 +1147,8 @@ if __name__ == "__main__":
         else:
             out = asyncio.run(_grpc_load(spec["url"], spec["xs"], spec["c"], spec["d"]))
         print(json.dumps(out))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_grpc_echo":
+        grpc_echo(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_eager":
         eager_server(sys.argv[2], int(sys.argv[3]))
     else:
