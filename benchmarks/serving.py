@@ -29,9 +29,11 @@ median over `--repeats`.
 
 Before measuring, every server must return the same class as ONNX Runtime for 32 test digits.
 `--int8` also times the int8 export against the float one (ONNX Runtime, batch 1 and 64).
+`--native-load` also loads plexa's REST and gRPC endpoints, and a bare grpcio echo server, with
+h2load (nghttp2's C client, Debian's nghttp2-client): REST against gRPC on the servers' cost.
 
     .venv/bin/python benchmarks/serving.py [--duration 4] [--repeats 3] [--servers ...]
-        [--int8] [--out FILE]
+        [--int8] [--native-load] [--out FILE]
 
 PLEXA_BENCH_DIR=DIR keeps the folder (and reuses the model trained there by an earlier run).
 """
