@@ -89,9 +89,9 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS = 10  # fewer cannot be split into train, val and test
 GROUP_ROWS = 4096  # rows per row group that streaming reads (and decodes) at once
-# encoded rows a reader keeps: a shuffled block of GROUP_ROWS of a split's rows, with the rest
-# of the split's rows in the row groups at its two ends, so each group is read once an epoch
-KEPT_ROWS = 3 * GROUP_ROWS
+# encoded rows a reader keeps: a shuffled block of GROUP_ROWS of a split's rows with the rest
+# of the split's rows in the row groups it spans, so each group is read about once an epoch
+KEPT_ROWS = 2 * GROUP_ROWS
 _INFER_BYTES = 1 << 20  # CSV and JSON lines: column types come from the first block
 _PACKAGE = "package:"
 _EXTENSIONS = {
