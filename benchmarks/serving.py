@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import socket
@@ -437,20 +438,21 @@ def _grpc_requests(xs: list[list[float]]) -> list[Any]:
     """ModelInfer requests as KServe's grpc_predict_v2 (and Triton's superset of it) define
     them, one digit each as raw little-endian FP32 bytes; Triton's generated protos stand in
     for the Open Inference Protocol's (same package, service and field numbers)."""
-    import numpy as np
     from tritonclient.grpc import service_pb2 as pb
+
+    return [_infer_request(pb, x) for x in xs]
+
+
+def _infer_request(pb: Any, x: list[float]) -> Any:
+    """One digit's ModelInfer request, of either generated module (Triton's or plexa's)."""
+    import numpy as np
 
     tensor = pb.ModelInferRequest.InferInputTensor(
         name="input", datatype="FP32", shape=[1, 1, 8, 8]
     )
-    return [
-        pb.ModelInferRequest(
-            model_name="digits",
-            inputs=[tensor],
-            raw_input_contents=[np.asarray(x, "<f4").tobytes()],
-        )
-        for x in xs
-    ]
+    return pb.ModelInferRequest(
+        model_name="digits", inputs=[tensor], raw_input_contents=[np.asarray(x, "<f4").tobytes()]
+    )
 
 
 def _grpc_logits(response: Any) -> list[float]:
@@ -530,18 +532,9 @@ def native_measure(system: str, url: str, x: list[float], concurrency: int, dura
 
     with tempfile.NamedTemporaryFile(suffix=".body") as body:
         if system in GRPC:
-            import numpy as np
-
             from plexa.serving.proto import grpc_predict_v2_pb2 as pb  # KServe's messages
 
-            tensor = pb.ModelInferRequest.InferInputTensor(
-                name="input", datatype="FP32", shape=[1, 1, 8, 8]
-            )
-            message = pb.ModelInferRequest(
-                model_name="digits",
-                inputs=[tensor],
-                raw_input_contents=[np.asarray(x, "<f4").tobytes()],
-            ).SerializeToString()
+            message = _infer_request(pb, x).SerializeToString()
             body.write(b"\0" + len(message).to_bytes(4, "big") + message)
             target = (
                 url.replace("grpc://", "http://") + "/inference.GRPCInferenceService/ModelInfer"
@@ -617,20 +610,14 @@ def native_cells(servers: dict, x: list[float], args: argparse.Namespace) -> dic
             "grpc-echo": f"grpc://127.0.0.1:{port}"}  # fmt: skip
     cells: dict[str, Any] = {s: {c: [] for c in args.concurrency} for s in urls}
     try:
-        _native_repeats(cells, urls, x, args)
+        for repeat, c, system in itertools.product(range(args.repeats), args.concurrency, urls):
+            cell = native_measure(system, urls[system], x, c, args.duration)
+            cells[system][c].append(cell)
+            print(f"h2load repeat {repeat + 1} c={c:>2} {system:>10}: {cell['rps']:7.0f} "
+                  f"req/s  mean {cell['mean_ms']:.2f} ms", flush=True)  # fmt: skip
     finally:
         stop([echo])
     return cells
-
-
-def _native_repeats(cells: dict, urls: dict, x: list[float], args: argparse.Namespace) -> None:
-    for repeat in range(args.repeats):
-        for c in args.concurrency:
-            for system in cells:
-                cell = native_measure(system, urls[system], x, c, args.duration)
-                cells[system][c].append(cell)
-                print(f"h2load repeat {repeat + 1} c={c:>2} {system:>10}: {cell['rps']:7.0f} "
-                      f"req/s  mean {cell['mean_ms']:.2f} ms", flush=True)  # fmt: skip
 
 
 def _native_lines(native: dict[str, Any]) -> list[str]:
@@ -803,25 +790,14 @@ def int8_rows(name: str, onnx: Path, params: int, int8: Path | None = None) -> l
 
 
 def quantize_unchecked(onnx: Path) -> Path:
-    """The float export quantized as `export.quantize: {mode: static}` does (ONNX Runtime's
-    pre-processing, then QDQ int8 weights and activations), calibrated on 256 random feeds of
-    its inputs, with no metric to check it against: what a generator's int8 latency would be,
-    which `export.quantize` refuses to make (a generative task has no test metric to gate)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """The float export quantized as `export.quantize: {mode: static}` does
+    (plexa.quantize.quantize_file), calibrated on 256 random feeds of its inputs, with no metric
+    to check it against: what a generator's int8 latency would be, which `export.quantize`
+    refuses to make (a generative task has no test metric to gate)."""
+    from plexa.quantize import quantize_file
 
-    prepared, out = onnx.with_name("prepared.onnx"), onnx.with_name("model.int8.onnx")
-    quant_pre_process(str(onnx), str(prepared))
-    feeds = iter([_feed(onnx, 32, seed) for seed in range(8)])
-
-    class Calibration:
-        def get_next(self) -> dict[str, Any] | None:
-            return next(feeds, None)
-
-    quantize_static(
-        str(prepared), str(out), Calibration(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
+    out = onnx.with_name("model.int8.onnx")
+    quantize_file(onnx, out, [_feed(onnx, 32, seed) for seed in range(8)])
     return out
 
 

@@ -28,7 +28,7 @@ from plexa.errors import RunFailed, UserError
 if TYPE_CHECKING:
     import numpy as np
 
-    from plexa.config import PipelineSpec, QuantizeSpec
+    from plexa.config import PipelineSpec
     from plexa.plugins import DataSplits, Split, Stream
 
 DROP_KEY = "export.quantize.max_metric_drop"
@@ -160,9 +160,13 @@ def quantize(float_path: Path, spec: PipelineSpec, data: DataSplits) -> Quantize
     if settings.mode == "static":
         calibration = _calibration_inputs(data.train, settings.calibration_samples, spec)
     where = f"pipeline '{spec.name}', architecture '{spec.model.plugin}'"
+    feeds = None
+    if calibration is not None:
+        name, step = _input_name(float_path), _CALIBRATION_BATCH
+        feeds = [{name: calibration[i : i + step]} for i in range(0, len(calibration), step)]
     try:
         with _quiet():
-            _quantize_file(float_path, out, settings, calibration)
+            quantize_file(float_path, out, feeds)
         _keep_metadata(
             float_path, out, settings.mode, None if calibration is None else len(calibration)
         )
@@ -242,11 +246,10 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _quantize_file(
-    source: Path, out: Path, settings: QuantizeSpec, calibration: np.ndarray | None
-) -> None:
+def quantize_file(source: Path, out: Path, feeds: list[dict[str, np.ndarray]] | None) -> None:
     """ONNX Runtime's pre-processing (shape inference, graph optimisation), then its dynamic
-    or static (QDQ) quantizer, int8 weights in both."""
+    quantizer (no `feeds`) or its static (QDQ) one calibrated on `feeds` (one batch of every
+    input, by name, each), int8 weights in both."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -256,13 +259,13 @@ def _quantize_file(
             quant_pre_process(str(source), str(prepared))
         except Exception:  # symbolic shape inference gives up on some graphs: quantize as is
             prepared = source
-        if calibration is None:
+        if feeds is None:
             quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
             return
         quantize_static(
             str(prepared),
             str(out),
-            _Calibration(_input_name(source), calibration),
+            _Calibration(feeds),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -270,12 +273,10 @@ def _quantize_file(
 
 
 class _Calibration:
-    """Calibration batches for `quantize_static`, which asks for one feed at a time."""
+    """Calibration feeds for `quantize_static`, which asks for one at a time."""
 
-    def __init__(self, name: str, x: np.ndarray) -> None:
-        self._feeds = iter(
-            [{name: x[i : i + _CALIBRATION_BATCH]} for i in range(0, len(x), _CALIBRATION_BATCH)]
-        )
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)

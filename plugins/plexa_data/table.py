@@ -1021,6 +1021,14 @@ def _parquet_for(path: Path, plan: _Plan) -> Path:
     return cached
 
 
+def _reader(path: str | Path, metadata: Any) -> Any:
+    """A Parquet file opened on its footer parsed already, read without pre-buffering (which
+    keeps what it read of every row group for the reader's lifetime)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, metadata=metadata, pre_buffer=False)
+
+
 class TableRows:
     """One split's rows of Parquet files, read a row group at a time and encoded when asked.
 
@@ -1084,15 +1092,9 @@ class TableRows:
         return decoded
 
     def _read(self, group: int) -> np.ndarray:
-        import pyarrow.parquet as pq
-
         file, index = (int(v) for v in self.groups[group])
         if file not in self._open:
-            # without pre-buffering, which would keep what it read of a row group for the
-            # reader's lifetime
-            self._open[file] = pq.ParquetFile(
-                self.files[file], metadata=self.metadata[file], pre_buffer=False
-            )
+            self._open[file] = _reader(self.files[file], self.metadata[file])
         if self._encoder is None:
             self._encoder = Encoder(self.spec)
         # one thread: the loader's workers are the parallelism (and each thread a reader
@@ -1122,17 +1124,18 @@ def _streamed(plan: _Plan, config: Table.Config, seed: int) -> DataSplits:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     regression = plan.task == "regression"
     column = pa.chunked_array(
-        [_typed(pq.read_table(p, columns=[plan.target])[plan.target], regression) for p in parquet]
-    )
+        [_typed(_reader(p, m).read(columns=[plan.target])[plan.target], regression)
+         for p, m in zip(parquet, metadata, strict=True)]
+    )  # fmt: skip
     targets = _targets(column, plan, config, seed)
     train = np.zeros(len(column), dtype=bool)
     train[targets.rows[0]] = True
     stats = _Stats(plan, config.max_categories)
     offset = 0
     for source, path, meta in zip(plan.files.paths, parquet, metadata, strict=True):
-        reader = pq.ParquetFile(path, metadata=meta)
+        reader = _reader(path, meta)
         start = offset
-        for g in range(meta.num_row_groups):  # (`iter_batches` would hold a file's reads)
+        for g in range(meta.num_row_groups):  # one row group in memory at a time
             table = _prepared(reader.read_row_group(g, columns=plan.columns), plan)
             _finite(table, plan, source, offset - start)
             stats.add(table.filter(pa.array(train[offset : offset + table.num_rows])))
