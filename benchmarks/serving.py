@@ -628,8 +628,10 @@ def _native_lines(native: dict[str, Any]) -> list[str]:
         "HTTP/1.1 keep-alive JSON to REST, HTTP/2 ModelInfer frames to gRPC, one request in "
         "flight per connection; the same digit in every request. Medians of the repeats.",
         "",
-        "The last column is grpcio's own asyncio server answering a prebuilt response with "
-        "no model and no checks (`grpc_echo`): the most a Python gRPC endpoint answers here.",
+        "plexa's gRPC endpoint is its own HTTP/2 transport (`plexa.serving.grpc_transport`) "
+        "in the HTTP server's event loop. The last column is grpcio's own asyncio server "
+        "answering a prebuilt response with no model and no checks (`grpc_echo`): what grpcio "
+        "answers here at most, model or not.",
         "",
         "| concurrency | REST req/s | gRPC req/s | gRPC/REST (median of repeats' ratios) | "
         "bare grpcio echo req/s (its ratio to REST) |",

@@ -14,10 +14,11 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,140 @@ def test_token_model_and_size_refusals(client: triton_grpc.InferenceServerClient
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+# --------------------------------------------------------------------------- the transport
+
+
+def test_compressed_calls_and_deadlines(client: triton_grpc.InferenceServerClient, stub) -> None:
+    """grpcio's gzip and deflate requests are inflated; a call's deadline (grpc-timeout) is
+    read, not refused."""
+    x = digits_data().test.x[:3]
+    plain = client.infer("digits-cnn", [_input(x)], headers=AUTH).as_numpy("output")
+    request = pb.ModelInferRequest(model_name="digits-cnn")
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype("<f4").tobytes())
+    for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        response = stub.ModelInfer(
+            request, metadata=tuple(AUTH.items()), compression=compression, timeout=30
+        )
+        answer = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(3, 10)
+        np.testing.assert_allclose(answer, plain, atol=1e-6)
+
+
+def test_an_answer_larger_than_the_flow_control_window(
+    server: Server, client: triton_grpc.InferenceServerClient
+) -> None:
+    """2,000 generated images are 512 KB: many DATA frames, sent as the client's window
+    allows (64 KiB at first), the same values as over HTTP."""
+    z = np.random.default_rng(1).standard_normal((2000, 4)).astype(np.float32)
+    over_grpc = client.infer("gen", [_input(z)], headers=AUTH, client_timeout=30).as_numpy("output")
+    rest = triton_http.InferenceServerClient(server.http)
+    tensor = triton_http.InferInput("input", list(z.shape), "FP32")
+    tensor.set_data_from_numpy(z, binary_data=True)
+    over_http = rest.infer("gen", [tensor], headers=dict(AUTH)).as_numpy("output")
+    rest.close()
+    assert over_grpc.shape == (2000, 1, 8, 8)
+    np.testing.assert_allclose(over_grpc, over_http, atol=1e-6)
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+    )
+
+
+class _Frames:
+    """HTTP/2 frames as a socket brings them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def until(self, done: Callable[[int, int, bytes], bool]) -> list[tuple[int, int, bytes]]:
+        """Frames read until `done(kind, flags, payload)` holds (or the socket's timeout)."""
+        seen = []
+        while True:
+            while len(self.buffer) < 9 + int.from_bytes(self.buffer[:3].ljust(3, b"\0"), "big"):
+                chunk = self.sock.recv(1 << 16)
+                assert chunk, f"the server closed the connection after {seen}"
+                self.buffer += chunk
+            length = int.from_bytes(self.buffer[:3], "big")
+            kind, flags = self.buffer[3], self.buffer[4]
+            payload = self.buffer[9 : 9 + length]
+            self.buffer = self.buffer[9 + length :]
+            seen.append((kind, flags, payload))
+            if done(kind, flags, payload):
+                return seen
+
+
+def test_answers_wait_for_the_clients_flow_control_window(server: Server) -> None:
+    """A raw HTTP/2 client with a 1,000-byte stream window: the server sends exactly that much
+    of a 512 KB answer, the rest as WINDOW_UPDATEs allow, then the trailers; PING is acked."""
+    import hpack
+
+    z = np.random.default_rng(2).standard_normal((2000, 4)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="gen")
+    request.inputs.add(name="input", datatype="FP32", shape=[2000, 4])
+    request.raw_input_contents.append(z.tobytes())
+    message = request.SerializeToString()
+    headers = hpack.Encoder().encode(
+        [(":method", "POST"), (":scheme", "http"), (":authority", server.grpc),
+         (":path", "/inference.GRPCInferenceService/ModelInfer"),
+         ("content-type", "application/grpc"), ("te", "trailers"), *AUTH.items()]
+    )  # fmt: skip
+    host, port = server.grpc.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        settings = (4).to_bytes(2, "big") + (1000).to_bytes(4, "big")  # INITIAL_WINDOW_SIZE
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
+            + _frame(1, 4, 1, headers)
+            + _frame(0, 1, 1, b"\0" + len(message).to_bytes(4, "big") + message)
+            + _frame(6, 0, 0, b"pingpong")
+        )  # fmt: skip
+        frames = _Frames(sock)
+        first = frames.until(lambda kind, flags, payload: kind == 6 and flags & 1)
+        assert first[-1][2] == b"pingpong"  # the PING's ACK, with its payload
+        sent = [f for f in first if f[0] == 0]
+        if sum(len(f[2]) for f in sent) < 1000:  # the ack overtook some DATA: read on
+            more = frames.until(lambda kind, flags, payload: kind == 0)
+            sent += [f for f in more if f[0] == 0]
+        assert sum(len(f[2]) for f in sent) == 1000  # the window, not a byte more
+        assert not frames.buffer
+        sock.settimeout(0.5)  # nothing more comes until the window opens
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.settimeout(30)
+        body, trailers = b"".join(f[2] for f in sent), b""
+        while not trailers:
+            grant = (64 * 1024).to_bytes(4, "big")
+            sock.sendall(_frame(8, 0, 0, grant) + _frame(8, 0, 1, grant))
+            got = frames.until(lambda kind, flags, payload: kind in (0, 1))
+            for kind, flags, payload in got:
+                if kind == 0:
+                    body += payload
+                elif kind == 1 and flags & 1:
+                    trailers = payload
+    decoded = dict(hpack.Decoder().decode(trailers))
+    assert decoded["grpc-status"] == "0", decoded
+    assert int.from_bytes(body[1:5], "big") == len(body) - 5
+    response = pb.ModelInferResponse.FromString(body[5:])
+    images = np.frombuffer(response.raw_output_contents[0], "<f4")
+    assert images.size == 2000 * 64 and np.isfinite(images).all()
+
+
+def test_unknown_methods_and_non_grpc_clients(server: Server, stub) -> None:
+    metadata = tuple(AUTH.items())
+    with grpc.insecure_channel(server.grpc) as channel:
+        for path in ("/inference.GRPCInferenceService/Nope", "/other.Service/ModelInfer"):
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(path)(b"", metadata=metadata, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, path  # type: ignore[attr-defined]
+            assert path.split("/")[-1] in caught.value.details()  # type: ignore[attr-defined]
+    # HTTP/1.1 on the gRPC port: the connection is closed at once (no hang), the server lives
+    with pytest.raises(httpx.HTTPError) as refused:
+        httpx.get(f"http://{server.grpc}/", timeout=10)
+    assert not isinstance(refused.value, httpx.TimeoutException)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+
+
 # --------------------------------------------------------------------------- malformed requests
 
 
@@ -346,11 +481,16 @@ def test_malformed_requests_never_internal_and_the_server_stays_healthy(
 def test_sigterm_drains_grpc(exports: tuple[Path, Path]) -> None:
     """Calls keep arriving while SIGTERM lands: every call the server began is answered.
 
-    One not yet begun is refused: UNAVAILABLE once the port is closed, or CANCELLED by gRPC
-    itself for one that reached the server in the moment it stopped taking calls (grpc drops
-    calls not yet handed to the application); the server's log shows it never ran.
+    One not yet begun is refused: UNAVAILABLE once the port is closed (a call sent past the
+    server's GOAWAY is refused with REFUSED_STREAM, which grpcio retries and finds the port
+    closed), or CANCELLED by the client for one caught in the connection's close; the server's
+    log shows it never ran.
     """
     running = _start([str(exports[0])])
+    with triton_grpc.InferenceServerClient(running.grpc) as big:  # 1 MiB: more than one window
+        rows = np.resize(digits_data().test.x, (4096, 1, 8, 8)).astype(np.float32)
+        answer = big.infer("digits-cnn", [_input(rows)], headers=AUTH).as_numpy("output")
+        assert answer.shape == (4096, 10) and np.isfinite(answer).all()
     x = digits_data().test.x[:4]
     answered: list[grpc.StatusCode] = []
     stop = threading.Event()
@@ -384,7 +524,8 @@ def test_sigterm_drains_grpc(exports: tuple[Path, Path]) -> None:
     assert set(answered) <= {grpc.StatusCode.OK, *refused}, set(answered)
     log = "".join(running.lines)
     began = log.count(" gRPC ModelInfer ")  # the access line of every call the server ran
-    assert began == log.count(" gRPC ModelInfer OK ") == answered.count(grpc.StatusCode.OK)
+    ok = answered.count(grpc.StatusCode.OK) + 1  # and the 4,096-row call
+    assert began == log.count(" gRPC ModelInfer OK ") == ok
     assert "gRPC stopped: every call in flight was answered" in log
     assert log.index("gRPC stopped") < log.index("stopped: every request in flight was answered")
 

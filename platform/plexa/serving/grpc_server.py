@@ -1,10 +1,10 @@
-"""The gRPC transport: the Open Inference Protocol's `inference.GRPCInferenceService` on
-grpc.aio, in the event loop of the HTTP server, answering from the same models and batchers
-(the app's `State`).
+"""The Open Inference Protocol's `inference.GRPCInferenceService` on plexa's own gRPC transport
+(`grpc_transport`), in the event loop of the HTTP server, answering from the same models and
+batchers (the app's `State`).
 
 Every call is checked as an HTTP request is: the bearer token (`authorization: Bearer TOKEN`
 metadata; the liveness and readiness calls stay open, as the HTTP health checks do), a message
-size limit (grpc refuses a larger one with RESOURCE_EXHAUSTED), the REST side's validation. A
+size limit (a larger one is refused with RESOURCE_EXHAUSTED), the REST side's validation. A
 refusal answers the gRPC status of the HTTP one (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 404
 NOT_FOUND, 503 UNAVAILABLE) with its message; INTERNAL is left for a bug, naming the request id.
 
@@ -20,12 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from google.protobuf.message import DecodeError, Message
 
 import plexa
-from plexa.serving import grpc_protocol
+from plexa.serving import grpc_protocol, grpc_transport
 from plexa.serving.auth import REFUSAL, authorized
+from plexa.serving.grpc_transport import Reply, Status
 from plexa.serving.logs import access, choose_id, request_id
 from plexa.serving.proto import grpc_predict_v2_pb2 as pb
 from plexa.serving.protocol import BadRequest
@@ -38,36 +38,28 @@ SERVICE = "inference.GRPCInferenceService"
 PUBLIC = frozenset({"ServerLive", "ServerReady"})  # probes, like /v2/health/*
 GRACE_SECONDS = 30.0  # as uvicorn's graceful shutdown
 STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
+    400: Status.INVALID_ARGUMENT,
+    401: Status.UNAUTHENTICATED,
+    404: Status.NOT_FOUND,
+    413: Status.RESOURCE_EXHAUSTED,
+    503: Status.UNAVAILABLE,
 }
 # the metrics' status label: what HTTP would have answered
-_HTTP = {grpc.StatusCode.OK: 200, **{code: status for status, code in STATUS.items()}}
+_HTTP = {Status.OK: 200, **{code: status for status, code in STATUS.items()}}
 
 Handler = Callable[[Any], Awaitable[Message]]
 
 
 class GrpcServer:
-    """One grpc.aio server on `host:port`; `start` and `stop` run in the HTTP server's loop."""
+    """One gRPC listener on `host:port`; `start` and `stop` run in the HTTP server's loop."""
 
     def __init__(self, state: State, host: str, port: int) -> None:
         self.state = state
+        self.host, self.port = host, port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.token = state.options.token.encode() if state.options.token else None
-        self.limit = state.options.max_body_bytes
-        self._server: grpc.aio.Server | None = None
-        self._stopping: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Listen (raises OSError when the address cannot be bound)."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.limit),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
-            ]
+        self.service = grpc_transport.GrpcService(
+            SERVICE, self._dispatch, state.options.max_body_bytes
         )
         calls: dict[str, tuple[Handler, type[Message]]] = {
             "ServerLive": (self._server_live, pb.ServerLiveRequest),
@@ -77,21 +69,16 @@ class GrpcServer:
             "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest),
             "ModelInfer": (self._model_infer, pb.ModelInferRequest),
         }
-        handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {
-            name: grpc.unary_unary_rpc_method_handler(  # bytes in: a bad message is ours to refuse
-                self._call(name, handler, kind), response_serializer=_serialize
-            )
-            for name, (handler, kind) in calls.items()
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.calls = {name: self._call(name, *call) for name, call in calls.items()}
+        self._server: asyncio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen (raises OSError when the address cannot be bound)."""
         try:
-            bound = server.add_insecure_port(self.address)
-        except RuntimeError as exc:  # grpc raises this for an address it cannot bind
-            raise OSError(f"gRPC cannot listen on {self.address}: {exc}") from None
-        if bound == 0:
-            raise OSError(f"gRPC cannot listen on {self.address}")
-        await server.start()
-        self._server = server
+            self._server = await grpc_transport.listen(self.service, self.host, self.port)
+        except OSError as exc:
+            raise OSError(f"gRPC cannot listen on {self.address}: {exc.strerror or exc}") from None
         log.info("gRPC (Open Inference Protocol) on %s", self.address)
 
     def stop(self) -> asyncio.Task[None]:
@@ -102,24 +89,28 @@ class GrpcServer:
 
     async def _stop(self) -> None:
         if self._server is not None:
-            await self._server.stop(GRACE_SECONDS)
+            await grpc_transport.stop(self.service, self._server, GRACE_SECONDS)
             log.info("gRPC stopped: every call in flight was answered")
+
+    async def _dispatch(self, method: str, metadata: dict[str, str], raw: bytes) -> Reply:
+        call = self.calls.get(method)
+        if call is None:
+            return Reply(Status.UNIMPLEMENTED, f"{SERVICE} has no method {method}")
+        return await call(raw, metadata)
 
     def _call(
         self, name: str, handler: Handler, kind: type[Message]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Message]], Awaitable[Message]]:
+    ) -> Callable[[bytes, dict[str, str]], Awaitable[Reply]]:
         """`handler` behind the request id, token, decoding, status mapping, metrics and log."""
         route = f"/{SERVICE}/{name}"
         metrics = self.state.metrics
 
-        async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> Message:
+        async def call(raw: bytes, metadata: dict[str, str]) -> Reply:
             started = time.perf_counter()
-            metadata = {key: value for key, value in context.invocation_metadata() or ()}
-            given = metadata.get("x-request-id")
-            rid = choose_id(given if isinstance(given, str) else "")
+            rid = choose_id(metadata.get("x-request-id", ""))
             token = request_id.set(rid)
-            context.set_trailing_metadata((("x-request-id", rid),))
-            code, message = grpc.StatusCode.OK, ""
+            trailers = (("x-request-id", rid),)
+            code = Status.OK
             metrics.begin(route)
             try:
                 try:
@@ -128,16 +119,15 @@ class GrpcServer:
                         request = kind.FromString(raw)
                     except DecodeError:
                         raise BadRequest(f"the request is not a valid {kind.__name__}") from None
-                    return await handler(request)
+                    response = await handler(request)
+                    return Reply(body=response.SerializeToString(), trailers=trailers)
                 except BadRequest as exc:
-                    code, message = (
-                        STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT),
-                        str(exc),
-                    )
+                    code = STATUS.get(exc.status, Status.INVALID_ARGUMENT)
+                    return Reply(code, str(exc), trailers=trailers)
                 except Exception:
                     log.exception("call failed")
-                    code, message = grpc.StatusCode.INTERNAL, f"internal error; request id {rid}"
-                await context.abort(code, message)
+                    code = Status.INTERNAL
+                    return Reply(code, f"internal error; request id {rid}", trailers=trailers)
             finally:
                 seconds = time.perf_counter() - started
                 metrics.end(route, _HTTP.get(code, 500), seconds)
@@ -146,11 +136,11 @@ class GrpcServer:
 
         return call
 
-    def _check_token(self, name: str, header: str | bytes | None) -> None:
+    def _check_token(self, name: str, header: str | None) -> None:
         if self.token is None or name in PUBLIC:
             return
-        given = header.encode("latin-1", "replace") if isinstance(header, str) else header
-        if not authorized(given or b"", self.token):
+        given = header.encode("latin-1", "replace") if header is not None else b""
+        if not authorized(given, self.token):
             raise BadRequest(REFUSAL, 401)
 
     # ---- the calls
@@ -191,7 +181,3 @@ class GrpcServer:
 
 def _tensor_metadata(described: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(**described)
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
