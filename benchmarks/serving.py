@@ -603,7 +603,10 @@ def native_cells(servers: dict, x: list[float], args: argparse.Namespace) -> dic
     other cells."""
     port = _port()
     echo = subprocess.Popen(
-        [sys.executable, __file__, "_grpc_echo", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "_grpc_echo", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, which `stop` signals
     )
     assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     urls = {"plexa": servers["plexa"][1], "plexa-grpc": servers["plexa-grpc"][1],

@@ -164,6 +164,49 @@ def test_batcher_merges_concurrent_requests_with_identical_results(digits: Path,
         assert out.shape == (b - a, 10)
 
 
+def test_a_short_model_call_runs_on_the_loop_and_a_long_one_in_a_thread(
+    digits: Path, test_x
+) -> None:
+    """The digits CNN answers a few rows in far less than a thread hand-off: once its calls
+    (timed in a thread) show it, the batcher runs it on the event loop. A call slower than
+    INLINE_SECONDS stays in a thread, so the loop goes on taking requests meanwhile."""
+    import threading
+
+    from plexa.serving.batching import INLINE_SECONDS
+
+    model = load(digits, "digits", str(digits))
+
+    class Slow:  # the same model, made slower than the bound by a sleep in each call
+        inputs, outputs = model.inputs, model.outputs
+
+        def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            time.sleep(INLINE_SECONDS * 20)
+            return model.run(feeds)
+
+    async def threads_used(served: object) -> set[bool]:
+        on_loop: set[bool] = set()
+        run = served.run  # type: ignore[attr-defined]
+
+        def spy(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            on_loop.add(threading.current_thread() is threading.main_thread())
+            return run(feeds)
+
+        served.run = spy  # type: ignore[attr-defined]
+        batcher = Batcher(served, max_batch=8, max_wait=0.0)  # type: ignore[arg-type]
+        batcher.start()
+        for _ in range(40):  # the first ones in a thread, timed; a smoothed time decides
+            await batcher.submit({"input": test_x[:2]}, 2)
+        on_loop.clear()
+        for _ in range(5):
+            await batcher.submit({"input": test_x[:2]}, 2)
+        await batcher.stop()
+        served.run = run  # type: ignore[attr-defined]
+        return on_loop
+
+    assert asyncio.run(threads_used(model)) == {True}
+    assert asyncio.run(threads_used(Slow())) == {False}
+
+
 def test_server_batches_concurrent_http_requests(digits: Path, test_x) -> None:
     with ThreadServer([str(digits)], max_batch=16, max_wait_ms=40) as server:
 

@@ -5,7 +5,8 @@ Each call takes every request already queued, up to `max_batch` rows, and waits 
 server counts them in `arriving`): a lone request, or a batch that already holds every request
 in flight, runs at once. Rows are stacked, run once, and each caller gets back exactly its own
 rows. One batch runs at a time per model while the next one gathers, so under load the batch
-grows and the per-call overhead is shared.
+grows and the per-call overhead is shared. A model whose calls take less than INLINE_SECONDS
+runs on the event loop; a slower one in a thread.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from plexa.serving.model import ServedModel
 
 Feeds = dict[str, "np.ndarray"]
+# a call expected to take less than this runs on the event loop, which it holds up for less
+# than a tenth of the default batching wait: handing a call to a thread and back costs both
+# threads tens of µs, more than a small model's batch (whose call in a pool thread also costs
+# several times its call on the loop). A longer call runs in a thread, so the loop goes on
+# reading requests meanwhile.
+INLINE_SECONDS = 250e-6
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Batcher:
         self._carry: _Pending | None = None  # a request that did not fit the last batch
         self.arriving = 0  # requests for this model being received and parsed right now
         self._busy = False  # a call is running
+        self._call_seconds = float("inf")  # a recent ONNX Runtime call's time, smoothed
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._loop())
@@ -105,6 +113,12 @@ class Batcher:
             rows += item.rows
         return batch
 
+    def _timed(self, feeds: Feeds) -> tuple[list[np.ndarray], float]:
+        """The model's outputs and the seconds the call took, wherever it ran."""
+        started = time.perf_counter()
+        outputs = self.model.run(feeds)
+        return outputs, time.perf_counter() - started
+
     async def _run(self, batch: list[_Pending]) -> None:
         import numpy as np
 
@@ -118,7 +132,13 @@ class Batcher:
             feeds = {n: np.concatenate([p.feeds[n] for p in live]) for n in names}
         rows = sum(p.rows for p in live)
         try:
-            outputs = await asyncio.to_thread(self.model.run, feeds)
+            if self._call_seconds < INLINE_SECONDS:
+                outputs, seconds = self._timed(feeds)  # shorter than handing it to a thread
+            else:
+                outputs, seconds = await asyncio.to_thread(self._timed, feeds)
+            if self._call_seconds == float("inf"):
+                self._call_seconds = seconds
+            self._call_seconds += (seconds - self._call_seconds) / 8  # (rows vary: smoothed)
         except Exception as exc:  # delivered to every caller of this batch
             for p in live:
                 if not p.future.done():

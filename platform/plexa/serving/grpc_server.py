@@ -44,8 +44,8 @@ STATUS = {
     413: Status.RESOURCE_EXHAUSTED,
     503: Status.UNAVAILABLE,
 }
-# the metrics' status label: what HTTP would have answered
-_HTTP = {Status.OK: 200, **{code: status for status, code in STATUS.items()}}
+# the metrics' status label: what HTTP would have answered (499: the client gave up)
+_HTTP = {Status.OK: 200, Status.CANCELLED: 499, **{code: status for status, code in STATUS.items()}}
 
 Handler = Callable[[Any], Awaitable[Message]]
 
@@ -128,6 +128,9 @@ class GrpcServer:
                     log.exception("call failed")
                     code = Status.INTERNAL
                     return Reply(code, f"internal error; request id {rid}", trailers=trailers)
+            except asyncio.CancelledError:  # the client reset the call: nobody is answered
+                code = Status.CANCELLED
+                raise
             finally:
                 seconds = time.perf_counter() - started
                 metrics.end(route, _HTTP.get(code, 500), seconds)
