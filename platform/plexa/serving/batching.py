@@ -136,9 +136,10 @@ class Batcher:
                 outputs, seconds = self._timed(feeds)  # shorter than handing it to a thread
             else:
                 outputs, seconds = await asyncio.to_thread(self._timed, feeds)
-            if self._call_seconds == float("inf"):
+            if self._call_seconds == float("inf"):  # the first call
                 self._call_seconds = seconds
-            self._call_seconds += (seconds - self._call_seconds) / 8  # (rows vary: smoothed)
+            else:  # rows vary from call to call: smoothed
+                self._call_seconds += (seconds - self._call_seconds) / 8
         except Exception as exc:  # delivered to every caller of this batch
             for p in live:
                 if not p.future.done():

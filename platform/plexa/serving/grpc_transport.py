@@ -3,7 +3,8 @@
 Why not grpc.aio: its calls are read by grpc's core threads and handed to the event loop one at
 a time, which on a small machine costs more than the whole of an HTTP/1.1 request in uvicorn.
 Here the frames are read in the event loop the HTTP server runs on, and a call costs a frame
-parse, a header block (HPACK, with indexed-only blocks remembered) and one write of its answer.
+parse, a header block (HPACK; a block that leaves the dynamic table as it was is remembered)
+and one write of its answer.
 
 What a unary server needs and no more: one length-prefixed message each way (gzip or deflate
 requests are inflated, answers go uncompressed), flow control both ways, `grpc-timeout`,
@@ -138,7 +139,7 @@ class _Head:
 
 
 class _Stream:
-    __slots__ = ("id", "head", "body", "received", "window", "pending", "task", "done")
+    __slots__ = ("id", "head", "body", "received", "window", "pending", "tail", "task", "done")
 
     def __init__(self, stream_id: int, head: _Head, window: int) -> None:
         self.id = stream_id
@@ -147,6 +148,7 @@ class _Stream:
         self.received = 0  # since our last WINDOW_UPDATE for it
         self.window = window  # what we may still send on it
         self.pending = b""  # answer bytes waiting for the peer's window
+        self.tail = b""  # the trailers frame that follows them
         self.task: asyncio.Task[None] | None = None
         self.done = False  # the request's END_STREAM has arrived
 
@@ -170,7 +172,7 @@ class Connection(asyncio.Protocol):
         self.send_window = 65535  # the connection's
         self.peer_frame = 16384
         self.received = 0
-        self.waiting: dict[int, bytes] = {}  # stream id: trailers after a message that waits
+        self.waiting: dict[int, None] = {}  # streams whose answer waits for a window, in order
         self.goaway_sent = False
         self.drained: asyncio.Future[None] | None = None
 
@@ -265,8 +267,7 @@ class Connection(asyncio.Protocol):
             if stream_id == 0 or stream_id % 2 == 0:
                 return self._close(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
             if flags & PADDED:
-                pad = payload[0] if payload else 0
-                payload = payload[1 : len(payload) - pad] if pad < len(payload) else b""
+                payload = _unpad(payload)
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             self.block = bytearray(payload)
@@ -335,8 +336,7 @@ class Connection(asyncio.Protocol):
                 return self._close(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return True  # a stream already answered (refused as too large, or reset)
         if flags & PADDED:
-            pad = payload[0] if payload else 0
-            payload = payload[1 : len(payload) - pad] if pad < len(payload) else b""
+            payload = _unpad(payload)
         stream.body += payload
         stream.received += size
         if len(stream.body) > self.service.max_message + 5:
@@ -442,14 +442,13 @@ class Connection(asyncio.Protocol):
             self._write(out)
             self._finish(stream)
             return
-        message = len(reply.body).to_bytes(5, "big") + reply.body  # flag 0: not compressed
-        head = _frame(HEADERS, END_HEADERS, stream.id, _RESPONSE_HEADERS)
-        stream.pending = message
-        tail = _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers)
-        self._send(stream, head, tail)
+        stream.pending = len(reply.body).to_bytes(5, "big") + reply.body  # flag 0: uncompressed
+        stream.tail = _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers)
+        self._send(stream, _frame(HEADERS, END_HEADERS, stream.id, _RESPONSE_HEADERS))
 
-    def _send(self, stream: _Stream, head: bytes, tail: bytes) -> None:
-        """As much of the stream's pending message as the windows allow, then the trailers."""
+    def _send(self, stream: _Stream, head: bytes = b"") -> None:
+        """`head`, as much of the stream's pending message as the windows allow, then (once
+        all of it is sent) the trailers."""
         pending = stream.pending
         allowed = min(len(pending), stream.window, self.send_window)
         out = [head]
@@ -462,9 +461,9 @@ class Connection(asyncio.Protocol):
         self.send_window -= sent
         stream.pending = pending[sent:]
         if stream.pending:
-            self.waiting[stream.id] = tail
+            self.waiting[stream.id] = None
         else:
-            out.append(tail)
+            out.append(stream.tail)
         self._write(b"".join(out))
         if not stream.pending:
             self._finish(stream)
@@ -474,7 +473,7 @@ class Connection(asyncio.Protocol):
         waiting = self.waiting
         if not waiting:
             return
-        for stream_id, tail in list(waiting.items()):
+        for stream_id in list(waiting):
             stream = self.streams.get(stream_id)
             if stream is None:
                 del waiting[stream_id]
@@ -483,7 +482,7 @@ class Connection(asyncio.Protocol):
                 return
             if stream.window > 0:
                 del waiting[stream_id]
-                self._send(stream, b"", tail)
+                self._send(stream)
 
     def _finish(self, stream: _Stream) -> None:
         self.streams.pop(stream.id, None)
@@ -558,6 +557,12 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
         + stream_id.to_bytes(4, "big")
         + payload
     )
+
+
+def _unpad(payload: bytes) -> bytes:
+    """A PADDED frame's payload without its pad length byte and padding."""
+    pad = payload[0] if payload else 0
+    return payload[1 : len(payload) - pad] if pad < len(payload) else b""
 
 
 def _rst(stream_id: int, code: int) -> bytes:
