@@ -135,6 +135,36 @@ def test_sample_draws_from_a_generator(generator: Path, digits: Path) -> None:
         assert "several" in app.post("/predict", json={"inputs": [1]}).json()["error"]
 
 
+def test_a_small_model_runs_on_one_onnx_runtime_thread(digits: Path, tmp_path: Path) -> None:
+    """The digits CNN answers faster on the calling thread alone than by waking ONNX Runtime's
+    pool for each call; a model whose calls take milliseconds keeps the pool, and a thread
+    count the caller gives is kept as it is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from plexa.serving.model import SMALL_CALL_SECONDS
+
+    def threads(model: object) -> int:
+        return model.session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+
+    assert threads(load(digits, "digits", str(digits))) == 1
+    assert threads(load(digits, "digits", str(digits), threads=2)) == 2
+    weights = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    graph = helper.make_graph(  # eight rows through it: 34M multiply-adds, milliseconds
+        [helper.make_node("MatMul", ["input", "w"], ["output"])],
+        "wide",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2048])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2048])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "wide.onnx")
+    wide = load(tmp_path / "wide.onnx", "wide", "wide.onnx")
+    started = time.perf_counter()
+    wide.run({"input": np.ones((8, 2048), np.float32)})
+    assert time.perf_counter() - started > SMALL_CALL_SECONDS
+    assert threads(wide) == 0  # ONNX Runtime's default pool
+
+
 # --------------------------------------------------------------------------- batching
 
 

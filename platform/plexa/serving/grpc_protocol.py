@@ -8,7 +8,7 @@ field holds an input's values, and `raw_input_contents` (one entry per input, or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from plexa.serving.proto import grpc_predict_v2_pb2 as pb
@@ -54,32 +54,31 @@ def parse_infer(request: pb.ModelInferRequest, model: ServedModel) -> InferReque
             f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs "
             "(one per input, or none and each input's contents)"
         )
-    feeds, rows = check_inputs(_tensors(request), model)
+    feeds, rows = check_inputs(_tensors(request, raw), model)
     outputs = []
     for i, wanted in enumerate(request.outputs):
         check_output(f"outputs[{i}]", wanted.name, model)
         outputs.append((wanted.name, True))
-    if not request.outputs:
+    if not outputs:
         outputs = [(t.name, True) for t in model.outputs]
     return InferRequest(request.id or None, feeds, rows, outputs)
 
 
-def _tensors(request: pb.ModelInferRequest) -> Iterator[Tensor]:
-    raw = request.raw_input_contents
+def _tensors(request: pb.ModelInferRequest, raw: Sequence[bytes]) -> Iterator[Tensor]:
     for i, item in enumerate(request.inputs):
         at = f"inputs[{i}]"
-        given = [field.name for field, _ in item.contents.ListFields()]
         tensor = Tensor(at, item.name, item.datatype, list(item.shape), f"{at}.contents")
         if raw:
             tensor.raw = raw[i]
             tensor.field = tensor.size_field = f"raw_input_contents[{i}]"
-            if given:
+            if item.HasField("contents") and item.contents.ListFields():
                 tensor.problem = (
                     f"{at}.contents: has values, but the request sends every input's values in "
                     "raw_input_contents (use one or the other)"
                 )
             yield tensor
             continue
+        given = [field.name for field, _ in item.contents.ListFields()]
         field = CONTENTS.get(item.datatype)
         if field is None:
             tensor.problem = (

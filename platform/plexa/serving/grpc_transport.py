@@ -442,7 +442,22 @@ class Connection(asyncio.Protocol):
             self._write(out)
             self._finish(stream)
             return
-        stream.pending = len(reply.body).to_bytes(5, "big") + reply.body  # flag 0: uncompressed
+        size = len(reply.body) + 5  # the message with its prefix (flag 0: uncompressed)
+        if size <= min(stream.window, self.send_window, self.peer_frame):  # the usual answer
+            sid = stream.id.to_bytes(4, "big")  # its three frames, written at once
+            self._write(
+                b"".join((
+                    _RESPONSE_HEAD, sid, _RESPONSE_HEADERS,
+                    size.to_bytes(3, "big"), bytes((DATA, 0)), sid,
+                    len(reply.body).to_bytes(5, "big"), reply.body,
+                    len(trailers).to_bytes(3, "big"), _TRAILERS_HEAD, sid, trailers,
+                ))
+            )  # fmt: skip
+            stream.window -= size
+            self.send_window -= size
+            self._finish(stream)
+            return
+        stream.pending = len(reply.body).to_bytes(5, "big") + reply.body
         stream.tail = _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers)
         self._send(stream, _frame(HEADERS, END_HEADERS, stream.id, _RESPONSE_HEADERS))
 
@@ -586,6 +601,8 @@ def _integer(value: int, prefix: int, first: int) -> bytes:
 def _literal(name: bytes, value: bytes) -> bytes:
     """A literal field without indexing, new name (RFC 7541 6.2.2): nothing enters the peer's
     table, so no state is shared with it."""
+    if len(name) < 127 and len(value) < 127:  # each length in its one-byte prefix
+        return b"".join((b"\x00", bytes((len(name),)), name, bytes((len(value),)), value))
     return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
 
 
@@ -639,13 +656,17 @@ def _percent(message: str) -> bytes:
 # :status 200 (static index 8) and content-type (static index 31) as a literal
 _RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + _integer(16, 7, 0) + b"application/grpc"
 _OK = _literal(b"grpc-status", b"0")
+# the start of an answer's HEADERS frame (all but its stream id) and of its trailers' frame
+_RESPONSE_HEAD = len(_RESPONSE_HEADERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS))
+_TRAILERS_HEAD = bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 def _trailers(reply: Reply) -> bytes:
     out = [_OK if reply.status == Status.OK else _literal(b"grpc-status", b"%d" % reply.status)]
     if reply.message:  # (cut to stay well inside one frame)
         out.append(_literal(b"grpc-message", _percent(reply.message[:4096])))
-    out.extend(_literal(k.encode(), v.encode("latin-1")) for k, v in reply.trailers)
+    for key, value in reply.trailers:
+        out.append(_literal(key.encode(), value.encode("latin-1")))
     return b"".join(out)
 
 

@@ -33,7 +33,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """A checked request: one array per model input, all with the same number of rows."""
 
@@ -110,7 +110,7 @@ def parse_infer(body: bytes, header_length: str | None, model: ServedModel) -> I
     return InferRequest(request_id, feeds, rows, _outputs(request, model, binary_default))
 
 
-@dataclass
+@dataclass(slots=True)
 class Tensor:
     """One input as a transport delivered it, before any check against the model.
 
@@ -137,7 +137,7 @@ def check_inputs(
 ) -> tuple[dict[str, np.ndarray], int]:
     """The inputs as arrays and their number of rows: every check both transports (REST and
     gRPC) share, so they refuse the same requests with the same words."""
-    expected = {t.name: t for t in model.inputs}
+    expected = model.inputs_by_name
     feeds: dict[str, np.ndarray] = {}
     for tensor in tensors:
         at, name = tensor.at, tensor.name
@@ -215,7 +215,7 @@ def _from_bytes(tensor: Tensor, info: TensorInfo, shape: list[int]) -> np.ndarra
     import numpy as np
 
     assert tensor.raw is not None
-    dtype = info.numpy_dtype.newbyteorder("<")
+    dtype = info.wire_dtype
     count = math.prod(shape)
     if len(tensor.raw) != count * dtype.itemsize:
         raise BadRequest(
@@ -223,7 +223,7 @@ def _from_bytes(tensor: Tensor, info: TensorInfo, shape: list[int]) -> np.ndarra
             f"{info.datatype} needs {count * dtype.itemsize}"
         )
     array = np.frombuffer(tensor.raw, dtype=dtype, count=count)
-    array = array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    array = array.astype(info.numpy_dtype, copy=True).reshape(shape)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(_not_finite(tensor.field, info))
     return array
@@ -237,9 +237,11 @@ def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
     # `type(d) is int`: JSON gives plain ints, and true/false (bools) are not sizes
     if not isinstance(shape, list) or not all(type(d) is int for d in shape):
         raise BadRequest(f"{where}.shape: must be a list of whole numbers")
-    expected = info.shape
-    if len(shape) != len(expected) or any(
-        w != -1 and d != w for d, w in zip(shape[1:], expected[1:], strict=True)
+    expected, tail = info.shape, info.fixed_tail
+    if len(shape) != len(expected) or (
+        shape[1:] != tail
+        if tail is not None
+        else any(w != -1 and d != w for d, w in zip(shape[1:], expected[1:], strict=True))
     ):
         want = ["batch" if d == -1 else d for d in expected]
         raise BadRequest(f"{where}.shape: input '{info.name}' takes {want}, not {shape}")
