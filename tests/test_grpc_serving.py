@@ -34,6 +34,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import BIN, REPO
+from tests.grpc_requests import malformed
 from tests.serving_support import cached, digits_data, free_port
 
 TOKEN = "grpc-tok"
@@ -368,81 +369,13 @@ def test_unknown_methods_and_non_grpc_clients(server: Server, stub) -> None:
 # --------------------------------------------------------------------------- malformed requests
 
 
-def _malformed(rng: np.random.Generator) -> pb.ModelInferRequest:
-    """A valid request (1-3 rows of digits, raw contents) with one to three things wrong."""
-    rows = int(rng.integers(1, 4))
-    request = pb.ModelInferRequest(model_name="digits-cnn", id=f"f{rng.integers(1 << 30)}")
-    request.inputs.add(name="input", datatype="FP32", shape=[rows, 1, 8, 8])
-    values = rng.random(rows * 64).astype(np.float32)
-    request.raw_input_contents.append(values.tobytes())
-    tensor = request.inputs[0]
-    datatypes = ["FP16", "FP64", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BYTES", "", "fp32"]
-    for _ in range(int(rng.integers(1, 4))):
-        match int(rng.integers(14)):
-            case 0:
-                tensor.datatype = str(rng.choice(datatypes))
-            case 1:  # wrong shape: rank, sizes, negative, zero or huge
-                dims = rng.integers(-3, 70, size=int(rng.integers(0, 6))).tolist()
-                tensor.ClearField("shape")
-                tensor.shape.extend(dims if rng.random() < 0.8 else [2**40, 1, 8, 8])
-            case 2 if request.raw_input_contents:  # raw contents of the wrong length
-                raw = request.raw_input_contents[0]
-                cut = int(rng.integers(0, len(raw) + 8))
-                request.raw_input_contents[0] = (raw + b"\0" * 8)[:cut]
-            case 3:  # typed contents instead, of the wrong count or the wrong field
-                del request.raw_input_contents[:]
-                field = str(
-                    rng.choice(
-                        [
-                            "fp32_contents",
-                            "fp64_contents",
-                            "int64_contents",
-                            "int_contents",
-                            "bool_contents",
-                            "uint_contents",
-                        ]
-                    )
-                )
-                count = int(rng.choice([rows * 64, rows * 64 - 1, 0, 3]))
-                kind = bool if field == "bool_contents" else (float if "fp" in field else int)
-                getattr(tensor.contents, field).extend(kind(v) for v in range(count))
-            case 4:  # both raw and typed contents
-                tensor.contents.fp32_contents.extend([0.5] * rows * 64)
-            case 5:  # NaN or infinity, where no input may hold one
-                bad = values.copy()
-                bad[int(rng.integers(len(bad)))] = rng.choice([np.nan, np.inf, -np.inf])
-                if request.raw_input_contents:
-                    request.raw_input_contents[0] = bad.tobytes()
-                else:
-                    tensor.contents.fp32_contents[:] = bad.tolist()
-            case 6:  # missing inputs
-                del request.inputs[:]
-            case 7:  # an extra input, or the same one twice
-                request.inputs.add(
-                    name=str(rng.choice(["extra", "input"])), datatype="FP32", shape=[rows, 1, 8, 8]
-                )
-            case 8:  # raw contents that do not match the number of inputs
-                request.raw_input_contents.append(values.tobytes()[: int(rng.integers(0, 9))])
-            case 9:
-                tensor.name = str(rng.choice(["", "output", "INPUT", "x" * 300]))
-            case 10:
-                request.model_name = str(rng.choice(["", "nope", "gen", "digits-cnn/1"]))
-            case 11:
-                request.outputs.add(name=str(rng.choice(["output", "nope", ""])))
-            case 12 if tensor.shape:  # rows out of range: none, or more than a request may hold
-                tensor.shape[0] = int(rng.choice([0, -1, 4097]))
-            case _:
-                request.Clear()  # empty
-    return request
-
-
 def test_malformed_requests_never_internal_and_the_server_stays_healthy(
     server: Server, client: triton_grpc.InferenceServerClient, stub
 ) -> None:
     rng = np.random.default_rng(18)
     seen: dict[grpc.StatusCode, int] = {}
     metadata = tuple(AUTH.items())
-    requests = [_malformed(rng) for _ in range(FUZZ)]
+    requests = [malformed(pb, rng) for _ in range(FUZZ)]
     for start in range(0, FUZZ, 40):  # 40 at a time: the batcher merges some of them
         calls = [stub.ModelInfer.future(r, metadata=metadata, timeout=30)
                  for r in requests[start : start + 40]]  # fmt: skip
@@ -473,6 +406,22 @@ def test_malformed_requests_never_internal_and_the_server_stays_healthy(
     assert client.is_server_ready() and client.is_model_ready("digits-cnn", headers=AUTH)
     x = digits_data().test.x[:2]
     assert client.infer("digits-cnn", [_input(x)], headers=AUTH).as_numpy("output").shape == (2, 10)
+
+
+def test_the_one_pass_check_of_raw_requests_agrees_with_the_general_checks(
+    exports: tuple[Path, Path],
+) -> None:
+    """plexa checks the request clients usually send in one pass (`grpc_protocol._raw_feeds`);
+    every generated request it takes, the general checks take with the same arrays, and it
+    takes the usual one. In a process of its own: it imports plexa's message classes."""
+    done = subprocess.run(
+        [str(BIN / "python"), "-c",
+         f"from tests.grpc_requests import agree; agree({str(exports[0])!r}, 3000)"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    taken, total = map(int, done.stdout.split())
+    assert total == 3003 and 100 < taken < total  # the usual request, and valid variants
 
 
 # --------------------------------------------------------------------------- the command

@@ -4,15 +4,22 @@ ModelInferResponse.
 The checks are the REST side's (`protocol.check_inputs`), so both transports refuse the same
 requests with the same words; only what is gRPC's own is checked here: which typed contents
 field holds an input's values, and `raw_input_contents` (one entry per input, or none).
+
+The request clients send (`tritonclient.grpc`, Triton's and KServe's own: every input's values
+in raw_input_contents, shapes the model's) is checked in one pass by `_raw_feeds`, which accepts
+nothing the general checks would refuse and gives up on anything else, for them to report; on
+a small model the general checks cost a fifth of the call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from plexa.serving.proto import grpc_predict_v2_pb2 as pb
 from plexa.serving.protocol import (
+    MAX_ROWS,
     BadRequest,
     InferRequest,
     Tensor,
@@ -54,7 +61,7 @@ def parse_infer(request: pb.ModelInferRequest, model: ServedModel) -> InferReque
             f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs "
             "(one per input, or none and each input's contents)"
         )
-    feeds, rows = check_inputs(_tensors(request, raw), model)
+    feeds, rows = _raw_feeds(request, raw, model) or check_inputs(_tensors(request, raw), model)
     outputs = []
     for i, wanted in enumerate(request.outputs):
         check_output(f"outputs[{i}]", wanted.name, model)
@@ -62,6 +69,45 @@ def parse_infer(request: pb.ModelInferRequest, model: ServedModel) -> InferReque
     if not outputs:
         outputs = [(t.name, True) for t in model.outputs]
     return InferRequest(request.id or None, feeds, rows, outputs)
+
+
+def _raw_feeds(
+    request: pb.ModelInferRequest, raw: Sequence[bytes], model: ServedModel
+) -> tuple[dict[str, np.ndarray], int] | None:
+    """The feeds of a request whose every input has its values in raw_input_contents and the
+    model's own shape (batch axis aside), when each passes every check `check_inputs` makes;
+    None for any other request (`check_inputs` then accepts it or says what is wrong)."""
+    import numpy as np
+
+    expected = model.inputs_by_name
+    if len(raw) != len(expected) or len(request.inputs) != len(expected):
+        return None
+    feeds: dict[str, np.ndarray] = {}
+    rows = 0
+    for item, data in zip(request.inputs, raw, strict=True):
+        info = expected.get(item.name)
+        if info is None or info.fixed_tail is None or item.name in feeds:
+            return None
+        shape = list(item.shape)
+        if (
+            item.datatype != info.datatype
+            or item.HasField("contents")
+            or len(shape) != len(info.shape)
+            or shape[1:] != info.fixed_tail
+            or not 0 < shape[0] <= MAX_ROWS
+            or (rows and shape[0] != rows)
+        ):
+            return None
+        rows, count = shape[0], math.prod(shape)
+        wire = info.wire_dtype
+        if len(data) != count * wire.itemsize:
+            return None
+        array = np.frombuffer(data, dtype=wire, count=count)
+        array = array.astype(info.numpy_dtype, copy=True).reshape(shape)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return None
+        feeds[item.name] = array
+    return feeds, rows
 
 
 def _tensors(request: pb.ModelInferRequest, raw: Sequence[bytes]) -> Iterator[Tensor]:
