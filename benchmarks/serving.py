@@ -934,8 +934,10 @@ def report(results: dict, args: argparse.Namespace, loads: tuple[str, str]) -> s
 
 _SETUP = (
     "Every server runs as its own process on 127.0.0.1 with one worker or replica and the same "
-    "ONNX file, on ONNX Runtime (CPU) set up as plexa serve sets it: intra-op threads at its "
-    "default, no spinning. Batching, max 32 rows each where the server has it: plexa serve "
+    "ONNX file, on ONNX Runtime (CPU) set up as plexa serve sets it: no spinning, and one "
+    "intra-op thread (this model answers eight rows in under 0.25 ms, so plexa serve and "
+    "`serving-env/contenders.py` leave ONNX Runtime's pool aside). Batching, max 32 rows each "
+    "where the server has it: plexa serve "
     "waits at most 2 ms; BentoML `@bentoml.api(batchable=True, max_batch_size=32)` (its "
     "adaptive dispatcher picks the wait); LitServe `max_batch_size=32, batch_timeout=0.002`; "
     "Ray Serve `@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)` with "
