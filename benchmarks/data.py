@@ -246,6 +246,9 @@ def _resident_mb() -> float:
     return (int(stat["total_rss"]) + int(stat["total_shmem"])) / 2**20
 
 
+CONTENDERS = "plexa local,hand-written,plexa ray"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_700_000)
@@ -255,7 +258,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--contenders",
-        default="plexa local,hand-written,plexa ray",
+        default=CONTENDERS,
         help="comma-separated, from the default list",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/data.md")
@@ -293,7 +296,9 @@ def main() -> None:
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `python benchmarks/data.py --rows {args.rows} --features {args.features} "
         f"--cap-mb {args.cap_mb} "
-        f"--workers {args.workers} --repeats {args.repeats}`",
+        f"--workers {args.workers} --repeats {args.repeats}"
+        + (f' --contenders "{args.contenders}"' if args.contenders != CONTENDERS else "")
+        + "`",
         f"- machine cores: {os.cpu_count()}",
         f"- table: {args.rows:,} rows, {args.features} float columns with nulls, 2 string columns, "
         f"a string target; {on_disk / 2**20:,.0f} MB of Parquet, "
@@ -314,8 +319,9 @@ def main() -> None:
     for kind in kinds:
         rate = median(kind, "samples_per_second")
         codes = ",".join(str(r["rc"]) for r in runs[kind])
+        versus = "—" if math.isnan(base) else f"{rate / base:.2f}x"
         lines.append(
-            f"| {kind} | {rate:,.0f} | {rate / base:.2f}x | {median(kind, 'resident_mb'):,.0f} | "
+            f"| {kind} | {rate:,.0f} | {versus} | {median(kind, 'resident_mb'):,.0f} | "
             f"{median(kind, 'peak_mb'):,.0f} | {codes} |"
         )
     if "plexa ray" in runs and "plexa local" in runs:
