@@ -138,7 +138,10 @@ class Batcher:
                 outputs, seconds = await asyncio.to_thread(self._timed, feeds)
             if self._call_seconds == float("inf"):  # the first call
                 self._call_seconds = seconds
-            else:  # rows vary from call to call: smoothed
+            else:  # rows vary from call to call: smoothed; a call the machine held up (another
+                # process, a collection) counts as 3 * INLINE_SECONDS at most, so it takes three
+                # in a row to move a quick model off the loop
+                seconds = min(seconds, 3 * INLINE_SECONDS)
                 self._call_seconds += (seconds - self._call_seconds) / 8
         except Exception as exc:  # delivered to every caller of this batch
             for p in live:
