@@ -105,15 +105,16 @@ def in_memory_bytes(folder: Path) -> int:
 # ------------------------------------------------------------------ contenders (subprocesses)
 
 
-def plexa_epoch(folder: str, workers: int, runner: str, cap_mb: int) -> dict[str, float]:
-    """One epoch of the `table` plugin on the folder, streamed (the cap is its memory limit)."""
+def plexa_epoch(folder: str, workers: int, runner: str, limit_mb: int) -> dict[str, float]:
+    """One epoch of the `table` plugin on the folder, streamed (`limit_mb`: its memory_limit_mb,
+    what each of its processes may hold of the table)."""
     from plexa import orchestrator
     from plexa.config import validate
 
     spec = validate({
         "name": "table-bench",
         "data": {"plugin": "table", "params": {
-            "path": folder, "target": "label", "memory_limit_mb": max(cap_mb // 8, 1),
+            "path": folder, "target": "label", "memory_limit_mb": limit_mb,
             "val_fraction": HELD_OUT, "test_fraction": HELD_OUT},
             "loader": {"workers": workers}},
         "model": {"plugin": "mlp", "params": {"hidden": [64]}},
@@ -206,14 +207,16 @@ def _cgroup(cap_mb: int) -> None:
         knob.write_text(str(limit))
 
 
-def _contender(kind: str, folder: Path, workers: int, cap_mb: int, scratch: Path) -> dict:
+def _contender(
+    kind: str, folder: Path, workers: int, cap_mb: int, limit_mb: int, scratch: Path
+) -> dict:
     """Run one contender in its own process inside the cgroup; its figures and peak memory."""
     (CGROUP / "memory.max_usage_in_bytes").write_text("0")
     out = scratch / f"{kind}-{time.monotonic_ns()}.json"
     call = (
         f"hand_epoch({str(folder)!r}, {workers})"
         if kind == "hand-written"
-        else f"plexa_epoch({str(folder)!r}, {workers}, {kind.split()[-1]!r}, {cap_mb})"
+        else f"plexa_epoch({str(folder)!r}, {workers}, {kind.split()[-1]!r}, {limit_mb})"
     )
     code = (
         f"import json, sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; "
@@ -254,6 +257,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_700_000)
     parser.add_argument("--features", type=int, default=512)
     parser.add_argument("--cap-mb", type=int, default=1792)
+    parser.add_argument(
+        "--memory-limit-mb", type=int, help="the table plugin's memory_limit_mb (default: cap / 8)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -280,10 +286,13 @@ def main() -> None:
     decoded = in_memory_bytes(folder)
     _cgroup(args.cap_mb)
     kinds = args.contenders.split(",")
+    limit_mb = args.memory_limit_mb or max(args.cap_mb // 8, 1)
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(args.repeats):
         for kind in kinds:
-            runs[kind].append(_contender(kind, folder, args.workers, args.cap_mb, scratch))
+            runs[kind].append(
+                _contender(kind, folder, args.workers, args.cap_mb, limit_mb, scratch)
+            )
             print(kind, runs[kind][-1], flush=True)
 
     def median(kind: str, key: str) -> float:
@@ -296,7 +305,8 @@ def main() -> None:
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- command: `python benchmarks/data.py --rows {args.rows} --features {args.features} "
         f"--cap-mb {args.cap_mb} "
-        f"--workers {args.workers} --repeats {args.repeats}"
+        + (f"--memory-limit-mb {limit_mb} " if args.memory_limit_mb else "")
+        + f"--workers {args.workers} --repeats {args.repeats}"
         + (f' --contenders "{args.contenders}"' if args.contenders != CONTENDERS else "")
         + "`",
         f"- machine cores: {os.cpu_count()}",
@@ -305,7 +315,8 @@ def main() -> None:
         f"{decoded / 2**20:,.0f} MB decoded ({decoded / (args.cap_mb * 2**20):.1f}x the cap)",
         f"- memory cap (cgroup v1 memory.limit_in_bytes): {args.cap_mb} MB, for each contender's "
         "whole process tree",
-        f"- loader workers: {args.workers}; batch size {BATCH}; one epoch",
+        f"- loader workers: {args.workers}; batch size {BATCH}; one epoch; the table plugin's "
+        f"memory_limit_mb {limit_mb}",
         f"- plexa holds out {HELD_OUT:.0%} of the rows for validation and {HELD_OUT:.0%} for "
         "testing, the hand-written loop trains on every row; samples/s is training samples over "
         "the epoch's time, loader workers' start included (plexa's includes its validation pass; "
