@@ -25,7 +25,8 @@ SMALL_CALL_SECONDS = 250e-6  # plexa.serving.model's
 def session(path: str, threads: int = 0) -> Any:
     """An ONNX Runtime session set up as plexa.serving.model.load does: CPU, no spinning
     between calls, intra-op threads at ONNX Runtime's default (plexa serve's --threads 0)
-    unless eight rows take under SMALL_CALL_SECONDS on them, then one."""
+    unless eight rows take under SMALL_CALL_SECONDS on them, then one. (This environment has no
+    plexa to import, so the rule is restated here.)"""
     import numpy as np
     import onnxruntime as ort
 
@@ -41,12 +42,14 @@ def session(path: str, threads: int = 0) -> Any:
     first = opened.get_inputs()[0]
     feeds = {first.name: np.zeros((8, *first.shape[1:]), np.float32)}  # the digits CNN's input
     opened.run(None, feeds)
-    times = []
-    for _ in range(3):
+    best = float("inf")
+    for _ in range(10):  # the quickest of up to ten calls, as plexa.serving.model times them
         started = time.perf_counter()
         opened.run(None, feeds)
-        times.append(time.perf_counter() - started)
-    return session(path, 1) if min(times) < SMALL_CALL_SECONDS else opened
+        best = min(best, time.perf_counter() - started)
+        if best < SMALL_CALL_SECONDS or best > 10 * SMALL_CALL_SECONDS:
+            break
+    return session(path, 1) if best < SMALL_CALL_SECONDS else opened
 
 
 def litserve(onnx: str, port: int) -> None:

@@ -13,7 +13,6 @@ a small model the general checks cost a fifth of the call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -23,10 +22,12 @@ from plexa.serving.protocol import (
     BadRequest,
     InferRequest,
     Tensor,
+    all_finite,
     check_inputs,
     check_output,
     little_endian,
     output_datatype,
+    raw_array,
 )
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ def _raw_feeds(
     """The feeds of a request whose every input has its values in raw_input_contents and the
     model's own shape (batch axis aside), when each passes every check `check_inputs` makes;
     None for any other request (`check_inputs` then accepts it or says what is wrong)."""
-    import numpy as np
-
     expected = model.inputs_by_name
     if len(raw) != len(expected) or len(request.inputs) != len(expected):
         return None
@@ -98,13 +97,9 @@ def _raw_feeds(
             or (rows and shape[0] != rows)
         ):
             return None
-        rows, count = shape[0], math.prod(shape)
-        wire = info.wire_dtype
-        if len(data) != count * wire.itemsize:
-            return None
-        array = np.frombuffer(data, dtype=wire, count=count)
-        array = array.astype(info.numpy_dtype, copy=True).reshape(shape)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        rows = shape[0]
+        array = raw_array(data, info, shape)
+        if array is None or not all_finite(array):
             return None
         feeds[item.name] = array
     return feeds, rows

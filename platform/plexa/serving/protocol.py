@@ -212,21 +212,36 @@ def _json_tensors(items: list[Any], binary: bytes) -> Iterator[Tensor]:
 
 
 def _from_bytes(tensor: Tensor, info: TensorInfo, shape: list[int]) -> np.ndarray:
-    import numpy as np
-
     assert tensor.raw is not None
-    dtype = info.wire_dtype
-    count = math.prod(shape)
-    if len(tensor.raw) != count * dtype.itemsize:
+    array = raw_array(tensor.raw, info, shape)
+    if array is None:
+        needs = math.prod(shape) * info.wire_dtype.itemsize
         raise BadRequest(
             f"{tensor.size_field}: {len(tensor.raw)} bytes, but shape {shape} of "
-            f"{info.datatype} needs {count * dtype.itemsize}"
+            f"{info.datatype} needs {needs}"
         )
-    array = np.frombuffer(tensor.raw, dtype=dtype, count=count)
-    array = array.astype(info.numpy_dtype, copy=True).reshape(shape)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if not all_finite(array):
         raise BadRequest(_not_finite(tensor.field, info))
     return array
+
+
+def raw_array(data: bytes, info: TensorInfo, shape: list[int]) -> np.ndarray | None:
+    """Little-endian bytes as an array of the input's dtype and `shape` (a copy, in native
+    order); None when their length does not make that shape."""
+    import numpy as np
+
+    count = math.prod(shape)
+    if len(data) != count * info.wire_dtype.itemsize:
+        return None
+    array = np.frombuffer(data, dtype=info.wire_dtype, count=count)
+    return array.astype(info.numpy_dtype, copy=True).reshape(shape)
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity (which no input may hold); true for a non-float array."""
+    import numpy as np
+
+    return array.dtype.kind != "f" or bool(np.isfinite(array).all())
 
 
 def _not_finite(field: str, info: TensorInfo) -> str:
