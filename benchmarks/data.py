@@ -319,8 +319,9 @@ def main() -> None:
         f"memory_limit_mb {limit_mb}",
         f"- plexa holds out {HELD_OUT:.0%} of the rows for validation and {HELD_OUT:.0%} for "
         "testing, the hand-written loop trains on every row; samples/s is training samples over "
-        "the epoch's time, loader workers' start included (plexa's includes its validation pass; "
-        "neither includes the process's start-up or the statistics pass)",
+        "the training time, loader workers' start included (plexa's `samples_per_second`, from "
+        "the epoch's start to its last training batch: not its validation pass; neither "
+        "includes the process's start-up or the statistics pass)",
         "",
         "| contender | samples/s (median) | ratio to hand-written | peak resident MB "
         "(anonymous + shared) | peak cgroup MB (page cache included) | exit codes |",

@@ -347,3 +347,47 @@ def test_quality_bar(name: str, metric: str, bar: float, workdir: Path) -> None:
     if name == "digits-cnn":
         epochs = history(result.run_id, ["epoch_seconds"])["epoch_seconds"]
         assert sum(v for _, v in epochs) < 60
+
+
+def test_samples_per_second_counts_training_time_not_validation(tmp_path: Path) -> None:
+    """`samples_per_second` is training's throughput: an epoch whose validation takes most of
+    its time reports the rate of its training batches, while `epoch_seconds` keeps the whole."""
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plexa.callbacks import EpochReport
+
+    class SlowValidation(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: list[torch.Tensor], idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch: list[torch.Tensor], idx: int) -> None:
+            time.sleep(0.4)  # the work being measured: validation much slower than training
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    reported: list[dict[str, float]] = []
+    report = EpochReport([lambda epoch, metrics: reported.append(metrics)])
+
+    class Announce(L.Callback):  # as CommitCheckpoint does, after the epoch's validation
+        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            report.report(trainer)
+
+    data = TensorDataset(torch.randn(64, 4))
+    trainer = L.Trainer(
+        max_epochs=1, callbacks=[report, Announce()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(SlowValidation(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    (metrics,) = reported
+    assert metrics["epoch_seconds"] >= 0.8  # two validation batches
+    training_seconds = 64 / metrics["samples_per_second"]
+    assert training_seconds < metrics["epoch_seconds"] - 0.7

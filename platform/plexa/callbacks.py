@@ -62,16 +62,19 @@ def reseed(seed: int, device: torch.device) -> None:
 class EpochReport(L.Callback):
     """Gathers one epoch's metrics, learning rate, time and throughput, and hands them to sinks.
 
-    Reports on rank zero only; the metrics it reads were already reduced over ranks.
+    `epoch_seconds` is the whole epoch (validation and checkpoint included); `samples_per_second`
+    is training's throughput, its samples over the time from the epoch's start to the end of
+    its last training batch, as Lightning's ThroughputMonitor counts it. Reports on rank zero
+    only; the metrics it reads were already reduced over ranks.
     """
 
     def __init__(self, sinks: list[EpochSink]) -> None:
         self.sinks = sinks
-        self._start = 0.0
+        self._start = self._trained = 0.0
         self._samples = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = self._trained = time.perf_counter()
         self._samples = 0
 
     def on_train_batch_end(
@@ -81,11 +84,12 @@ class EpochReport(L.Callback):
         self._samples += (
             sum(len(y) for _, y in batch) if isinstance(batch, Chunk) else len(batch[0])
         )
+        self._trained = time.perf_counter()
 
     def report(self, trainer: L.Trainer) -> None:
         """Called on every rank by `CommitCheckpoint` once the epoch's checkpoint is saved."""
         seconds = time.perf_counter() - self._start
-        rate = self._samples / max(seconds, 1e-9)
+        rate = self._samples / max(self._trained - self._start, 1e-9)
         rates = [rate]
         if trainer.world_size > 1:  # every rank takes part; rank zero logs each worker's rate
             gathered = trainer.strategy.all_gather(torch.tensor([rate], dtype=torch.float64))
