@@ -30,7 +30,8 @@ median over `--repeats`.
 Before measuring, every server must return the same class as ONNX Runtime for 32 test digits.
 `--int8` also times the int8 export against the float one (ONNX Runtime, batch 1 and 64).
 `--native-load` also loads plexa's REST and gRPC endpoints, and a bare grpcio echo server, with
-h2load (nghttp2's C client, Debian's nghttp2-client): REST against gRPC on the servers' cost.
+h2load (nghttp2's C client, Debian's nghttp2-client): REST against gRPC on the servers' cost,
+after the other servers are stopped.
 
     .venv/bin/python benchmarks/serving.py [--duration 4] [--repeats 3] [--servers ...]
         [--int8] [--native-load] [--out FILE]
@@ -629,7 +630,8 @@ def _native_lines(native: dict[str, Any]) -> list[str]:
         "",
         "`--native-load`: h2load (nghttp2-client, C) as the client of both of plexa's endpoints, "
         "HTTP/1.1 keep-alive JSON to REST, HTTP/2 ModelInfer frames to gRPC, one request in "
-        "flight per connection; the same digit in every request. Medians of the repeats.",
+        "flight per connection; the same digit in every request; every other server stopped "
+        "first. Medians of the repeats.",
         "",
         "plexa's gRPC endpoint is its own HTTP/2 transport (`plexa.serving.grpc_transport`) "
         "in the HTTP server's event loop. The last column is grpcio's own asyncio server "
@@ -1098,6 +1100,8 @@ def main() -> None:
                             flush=True,
                         )
             if args.native_load and {"plexa", "plexa-grpc"} <= set(servers):
+                # alone: the other servers' idle threads would take the two endpoints' cores
+                stop([p for s, (p, _, _) in servers.items() if s not in ("plexa", "plexa-grpc")])
                 results["_native"] = native_cells(servers, xs[0], args)
         finally:
             stop([process for process, _, _ in started.values()])
