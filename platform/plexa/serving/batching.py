@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +31,10 @@ Feeds = dict[str, "np.ndarray"]
 # several times its call on the loop). A longer call runs in a thread, so the loop goes on
 # reading requests meanwhile.
 INLINE_SECONDS = 250e-6
+# the decision follows the median of the last few calls: calls the machine held up (another
+# process, a collection) move it only when they are most of them, and a model whose calls
+# really grew slower is moved to a thread within RECENT_CALLS // 2 + 1 calls
+RECENT_CALLS = 9
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Batcher:
         self._carry: _Pending | None = None  # a request that did not fit the last batch
         self.arriving = 0  # requests for this model being received and parsed right now
         self._busy = False  # a call is running
-        self._call_seconds = float("inf")  # a recent ONNX Runtime call's time, smoothed
+        self._recent: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds of recent calls
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._loop())
@@ -113,6 +118,12 @@ class Batcher:
             rows += item.rows
         return batch
 
+    def _expected_seconds(self) -> float:
+        """The median of the recent calls' seconds; until the first call, infinite (a thread)."""
+        if not self._recent:
+            return float("inf")
+        return sorted(self._recent)[len(self._recent) // 2]
+
     def _timed(self, feeds: Feeds) -> tuple[list[np.ndarray], float]:
         """The model's outputs and the seconds the call took, wherever it ran."""
         started = time.perf_counter()
@@ -132,17 +143,11 @@ class Batcher:
             feeds = {n: np.concatenate([p.feeds[n] for p in live]) for n in names}
         rows = sum(p.rows for p in live)
         try:
-            if self._call_seconds < INLINE_SECONDS:
+            if self._expected_seconds() < INLINE_SECONDS:
                 outputs, seconds = self._timed(feeds)  # shorter than handing it to a thread
             else:
                 outputs, seconds = await asyncio.to_thread(self._timed, feeds)
-            if self._call_seconds == float("inf"):  # the first call
-                self._call_seconds = seconds
-            else:  # rows vary from call to call: smoothed; a call the machine held up (another
-                # process, a collection) counts as 3 * INLINE_SECONDS at most, so it takes three
-                # in a row to move a quick model off the loop
-                seconds = min(seconds, 3 * INLINE_SECONDS)
-                self._call_seconds += (seconds - self._call_seconds) / 8
+            self._recent.append(seconds)
         except Exception as exc:  # delivered to every caller of this batch
             for p in live:
                 if not p.future.done():
