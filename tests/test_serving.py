@@ -240,7 +240,7 @@ def test_a_short_model_call_runs_on_the_loop_and_a_long_one_in_a_thread(
         served.run = spy  # type: ignore[method-assign]
         batcher = Batcher(served, max_batch=8, max_wait=0.0)  # type: ignore[arg-type]
         batcher.start()
-        for _ in range(40):  # the first ones in a thread, timed; a smoothed time decides
+        for _ in range(40):  # the first ones in a thread, timed; the recent calls' median decides
             got = await batcher.submit({"input": test_x[:2]}, 2)
         np.testing.assert_array_equal(got[0], model.run({"input": test_x[:2]})[0])
         served.held.extend([INLINE_SECONDS * 20] * 3)  # calls the machine holds up: no change

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -120,9 +121,7 @@ class Batcher:
 
     def _expected_seconds(self) -> float:
         """The median of the recent calls' seconds; until the first call, infinite (a thread)."""
-        if not self._recent:
-            return float("inf")
-        return sorted(self._recent)[len(self._recent) // 2]
+        return statistics.median(self._recent) if self._recent else float("inf")
 
     def _timed(self, feeds: Feeds) -> tuple[list[np.ndarray], float]:
         """The model's outputs and the seconds the call took, wherever it ran."""
