@@ -104,7 +104,7 @@ def agree(export: str, count: int) -> None:
     requests = [usual, *edges, *(malformed(pb, rng) for _ in range(count))]
     for i, request in enumerate(requests):
         raw = request.raw_input_contents
-        quick = grpc_protocol._raw_feeds(request, raw, model)
+        quick = grpc_protocol._raw_feeds(request.inputs, raw, model)
         try:  # what parse_infer checks first, then the general checks
             if not request.inputs or (raw and len(raw) != len(request.inputs)):
                 raise BadRequest("inputs: missing, or not one raw entry each")

@@ -93,7 +93,7 @@ class State:
                     model,
                     self.options.max_batch,
                     self.options.max_wait_ms / 1000,
-                    self.metrics.batch.labels(name).observe,
+                    self.metrics.batch(name),
                 )
                 batcher.start()
                 self.batchers[name] = batcher
@@ -122,7 +122,7 @@ class State:
         if model.name in self.batchers:
             return await self.batchers[model.name].submit(feeds, rows)
         outputs = await asyncio.to_thread(model.run, feeds)
-        self.metrics.batch.labels(model.name).observe(rows)
+        self.metrics.batch(model.name)(rows)
         return outputs
 
 
@@ -321,9 +321,8 @@ class InferPath:
                 if batcher is not None:
                     batcher.arriving -= 1
             outputs = await self.state.run(model, parsed.feeds, parsed.rows)
-            names = [o.name for o in model.outputs]
             content, extra = protocol.infer_response(
-                model, parsed, dict(zip(names, outputs, strict=True))
+                model, parsed, dict(zip(model.output_names, outputs, strict=True))
             )
         except BadRequest as exc:
             await _error(str(exc), exc.status)(scope, receive, send)

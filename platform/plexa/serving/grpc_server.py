@@ -46,6 +46,7 @@ STATUS = {
 }
 # the metrics' status label: what HTTP would have answered (499: the client gave up)
 _HTTP = {Status.OK: 200, Status.CANCELLED: 499, **{code: status for status, code in STATUS.items()}}
+_NAMES = {code: code.name for code in Status}  # (an enum member's .name is a property call)
 
 Handler = Callable[[Any], Awaitable[Message]]
 
@@ -58,9 +59,6 @@ class GrpcServer:
         self.host, self.port = host, port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.token = state.options.token.encode() if state.options.token else None
-        self.service = grpc_transport.GrpcService(
-            SERVICE, self._dispatch, state.options.max_body_bytes
-        )
         calls: dict[str, tuple[Handler, type[Message]]] = {
             "ServerLive": (self._server_live, pb.ServerLiveRequest),
             "ServerReady": (self._server_ready, pb.ServerReadyRequest),
@@ -69,7 +67,11 @@ class GrpcServer:
             "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest),
             "ModelInfer": (self._model_infer, pb.ModelInferRequest),
         }
-        self.calls = {name: self._call(name, *call) for name, call in calls.items()}
+        self.service = grpc_transport.GrpcService(
+            SERVICE,
+            {name: self._call(name, *call) for name, call in calls.items()},
+            state.options.max_body_bytes,
+        )
         self._server: asyncio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -92,20 +94,13 @@ class GrpcServer:
             await grpc_transport.stop(self.service, self._server, GRACE_SECONDS)
             log.info("gRPC stopped: every call in flight was answered")
 
-    async def _dispatch(self, method: str, metadata: dict[str, str], raw: bytes) -> Reply:
-        call = self.calls.get(method)
-        if call is None:
-            return Reply(Status.UNIMPLEMENTED, f"{SERVICE} has no method {method}")
-        return await call(raw, metadata)
-
-    def _call(
-        self, name: str, handler: Handler, kind: type[Message]
-    ) -> Callable[[bytes, dict[str, str]], Awaitable[Reply]]:
+    def _call(self, name: str, handler: Handler, kind: type[Message]) -> grpc_transport.Method:
         """`handler` behind the request id, token, decoding, status mapping, metrics and log."""
         route = f"/{SERVICE}/{name}"
         metrics = self.state.metrics
+        checks_token = self.token is not None and name not in PUBLIC
 
-        async def call(raw: bytes, metadata: dict[str, str]) -> Reply:
+        async def call(metadata: dict[str, str], raw: bytes) -> Reply:
             started = time.perf_counter()
             rid = choose_id(metadata.get("x-request-id", ""))
             token = request_id.set(rid)
@@ -114,7 +109,8 @@ class GrpcServer:
             metrics.begin(route)
             try:
                 try:
-                    self._check_token(name, metadata.get("authorization"))
+                    if checks_token:
+                        self._check_token(metadata.get("authorization"))
                     try:
                         request = kind.FromString(raw)
                     except DecodeError:
@@ -134,14 +130,13 @@ class GrpcServer:
             finally:
                 seconds = time.perf_counter() - started
                 metrics.end(route, _HTTP.get(code, 500), seconds)
-                access(log, rid, f"{rid} gRPC {name} {code.name} {seconds * 1e3:.1f}ms")
+                access(log, rid, f"{rid} gRPC {name} {_NAMES[code]} {seconds * 1e3:.1f}ms")
                 request_id.reset(token)
 
         return call
 
-    def _check_token(self, name: str, header: str | None) -> None:
-        if self.token is None or name in PUBLIC:
-            return
+    def _check_token(self, header: str | None) -> None:
+        assert self.token is not None  # (only asked when the server has one)
         given = header.encode("latin-1", "replace") if header is not None else b""
         if not authorized(given, self.token):
             raise BadRequest(REFUSAL, 401)
@@ -177,8 +172,7 @@ class GrpcServer:
         model = self.state.model(request.model_name)
         parsed = grpc_protocol.parse_infer(request, model)
         outputs = await self.state.run(model, parsed.feeds, parsed.rows)
-        names = [o.name for o in model.outputs]
-        results = dict(zip(names, outputs, strict=True))
+        results = dict(zip(model.output_names, outputs, strict=True))
         return grpc_protocol.infer_response(model, parsed, results)
 
 

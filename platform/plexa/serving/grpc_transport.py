@@ -74,8 +74,8 @@ class Reply:
     trailers: tuple[tuple[str, str], ...] = ()
 
 
-# (method name, metadata, message) -> Reply; the method name is the :path's last part
-Handler = Callable[[str, dict[str, str], bytes], Awaitable[Reply]]
+# one method of the service: (metadata, message) -> Reply
+Method = Callable[[dict[str, str], bytes], Awaitable[Reply]]
 
 
 class Refused(Exception):
@@ -91,7 +91,7 @@ class GrpcService:
     """What the connections of one listener share."""
 
     service: str  # e.g. "inference.GRPCInferenceService"
-    handler: Handler
+    methods: dict[str, Method]  # by name, the :path's last part
     max_message: int
     connections: set[Connection] = field(default_factory=set)
     closing: bool = False
@@ -102,13 +102,13 @@ class _Head:
     """What a call's header block says: its method, metadata and deadline, or why it is
     refused before its message is read."""
 
-    method: str
+    method: Method | None
     metadata: dict[str, str]
     timeout: float | None = None
     refused: Refused | None = None
 
     @classmethod
-    def of(cls, headers: Iterable[tuple[bytes, bytes]], service: str) -> _Head:
+    def of(cls, headers: Iterable[tuple[bytes, bytes]], service: GrpcService) -> _Head:
         metadata: dict[str, str] = {}
         path = method = ""
         for key, value in headers:
@@ -121,21 +121,24 @@ class _Head:
         called, _, name = path.lstrip("/").partition("/")
 
         def refuse(status: Status, why: str) -> _Head:
-            return cls(name, metadata, refused=Refused(status, why))
+            return cls(None, metadata, refused=Refused(status, why))
 
         if method != "POST":
             return refuse(Status.UNIMPLEMENTED, f"gRPC calls are POSTs, not {method}")
         if not metadata.get("content-type", "").startswith("application/grpc"):
             return refuse(Status.UNIMPLEMENTED, "the content-type is not application/grpc")
-        if called != service or not name:
+        if called != service.service or not name:
             return refuse(Status.UNIMPLEMENTED, f"no method {path}")
+        handler = service.methods.get(name)
+        if handler is None:
+            return refuse(Status.UNIMPLEMENTED, f"{service.service} has no method {name}")
         timeout = None
         if "grpc-timeout" in metadata:
             given = _TIMEOUT.match(metadata["grpc-timeout"])
             if given is None:
                 return refuse(Status.INVALID_ARGUMENT, "grpc-timeout is not a gRPC timeout")
             timeout = int(given.group(1)) * _UNIT[given.group(2)]
-        return cls(name, metadata, timeout)
+        return cls(handler, metadata, timeout)
 
 
 class _Stream:
@@ -175,11 +178,14 @@ class Connection(asyncio.Protocol):
         self.waiting: dict[int, None] = {}  # streams whose answer waits for a window, in order
         self.goaway_sent = False
         self.drained: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is its own
+        # kept: on Python 3.11 each get_running_loop() is a getpid() system call
+        self.loop = asyncio.get_running_loop()
         self.service.connections.add(self)
         settings = b"".join(
             key.to_bytes(2, "big") + value.to_bytes(4, "big")
@@ -313,7 +319,7 @@ class Connection(asyncio.Protocol):
         known = self.known_heads.get(block)
         if known is not None:
             return known
-        head = _Head.of(self.decoder.decode(block, raw=True), self.service.service)
+        head = _Head.of(self.decoder.decode(block, raw=True), self.service)
         if _keeps_table(block):
             if len(self.known_heads) >= 64:
                 self.known_heads.clear()
@@ -395,17 +401,17 @@ class Connection(asyncio.Protocol):
     def _end(self, stream: _Stream) -> None:
         """The request is complete: run its call."""
         stream.done = True
-        stream.task = asyncio.get_running_loop().create_task(self._call(stream))
+        stream.task = cast(asyncio.AbstractEventLoop, self.loop).create_task(self._call(stream))
 
     async def _call(self, stream: _Stream) -> None:
         try:
             method, metadata, message, timeout = self._request(stream)
             if timeout is None:
-                reply = await self.service.handler(method, metadata, message)
+                reply = await method(metadata, message)
             else:
                 try:
                     async with asyncio.timeout(timeout):
-                        reply = await self.service.handler(method, metadata, message)
+                        reply = await method(metadata, message)
                 except TimeoutError:
                     reply = Reply(Status.DEADLINE_EXCEEDED, "the call's deadline passed")
         except Refused as refused:
@@ -415,11 +421,11 @@ class Connection(asyncio.Protocol):
             reply = Reply(Status.INTERNAL, "internal error")
         self._answer(stream, reply)
 
-    def _request(self, stream: _Stream) -> tuple[str, dict[str, str], bytes, float | None]:
+    def _request(self, stream: _Stream) -> tuple[Method, dict[str, str], bytes, float | None]:
         """The method, metadata and message of a complete request, or Refused."""
         head = stream.head
-        if head.refused is not None:
-            raise head.refused
+        if head.method is None:
+            raise cast(Refused, head.refused)
         body = stream.body
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             raise Refused(Status.INVALID_ARGUMENT, "the request is not one gRPC message")

@@ -13,11 +13,17 @@ import time
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# an INFO line of LOG_FORMAT with its time, request id, logger name and message still to fill
+_INFO_LINE = (
+    LOG_FORMAT % {"asctime": "%s", "levelname": "INFO", "request_id": "%s", "name": "%s",
+                  "message": "%s"}
+    + "\n"
+)  # fmt: skip
 
 
 def choose_id(given: str) -> str:
     """The request's id: the client's (X-Request-ID) when it is a short plain one, else new."""
-    return given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
+    return given if given and _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
 
 
 class RequestIdFilter(logging.Filter):
@@ -55,14 +61,8 @@ class BatchedStderr(logging.StreamHandler):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        fields = {
-            "asctime": f"{self._stamp},{int((now - second) * 1000):03d}",
-            "levelname": "INFO",
-            "request_id": rid,
-            "name": name,
-            "message": message,
-        }
-        line = LOG_FORMAT % fields + self.terminator
+        asctime = f"{self._stamp},{int((now - second) * 1000):03d}"
+        line = _INFO_LINE % (asctime, rid, name, message)
         assert self.lock is not None  # Handler.__init__ made it (createLock)
         with self.lock:  # the ticker flushes from its own thread
             self.stream.write(line)

@@ -77,6 +77,12 @@ class TensorInfo:
         """The sizes after the batch axis when none is free, for a quick shape check."""
         return None if -1 in self.shape[1:] else list(self.shape[1:])
 
+    @functools.cached_property
+    def row_bytes(self) -> int:
+        """The bytes of one row on the wire when no size after the batch axis is free, else 0."""
+        tail = self.fixed_tail
+        return 0 if tail is None else math.prod(tail) * self.wire_dtype.itemsize
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
@@ -97,6 +103,15 @@ class ServedModel:
     @functools.cached_property
     def inputs_by_name(self) -> dict[str, TensorInfo]:
         return {t.name: t for t in self.inputs}
+
+    @functools.cached_property
+    def outputs_by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.outputs}
+
+    @functools.cached_property
+    def output_names(self) -> list[str]:
+        """In the model's order, as `run` returns them (not to be changed)."""
+        return [t.name for t in self.outputs]
 
     # ---- what the metadata says
 
@@ -175,7 +190,7 @@ class ServedModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs for one batch; ONNX Runtime releases the GIL while it computes."""
-        return self.session.run([o.name for o in self.outputs], feeds)
+        return self.session.run(self.output_names, feeds)
 
     def warm_up(self) -> float:
         """Run a few batches of zeros so the first request does not pay for allocation."""

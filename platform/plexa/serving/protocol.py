@@ -313,9 +313,8 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
     raw = request.get("outputs")
-    names = [t.name for t in model.outputs]
     if raw is None:
-        return [(n, binary_default) for n in names]
+        return [(n, binary_default) for n in model.output_names]
     if not isinstance(raw, list):
         raise BadRequest(f"outputs: must be a list, not {_kind(raw)}")
     out = []
@@ -334,8 +333,8 @@ def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
 
 def check_output(at: str, name: str, model: ServedModel) -> None:
     """A requested output is one the model has (both transports)."""
-    names = [t.name for t in model.outputs]
-    if name not in names:
+    names = model.output_names
+    if name not in model.outputs_by_name:
         raise BadRequest(
             f"{at}.name: model '{model.name}' has no output '{name}' (outputs: {', '.join(names)})"
         )
@@ -352,7 +351,7 @@ def infer_response(
     model: ServedModel, request: InferRequest, results: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     """The v2 response body and extra headers (the JSON length when binary tensors follow)."""
-    infos = {t.name: t for t in model.outputs}
+    infos = model.outputs_by_name
     outputs, blobs = [], []
     for name, binary in request.outputs:
         array = results[name]
