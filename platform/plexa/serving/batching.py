@@ -67,14 +67,13 @@ class Batcher:
         self._recent: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds of recent calls
 
     def start(self) -> None:
-        # the loop is kept: on Python 3.11 each get_running_loop() is a getpid() system call
-        self._event_loop = asyncio.get_running_loop()
-        self._worker = self._event_loop.create_task(self._loop())
+        self._worker = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, feeds: Feeds, rows: int) -> list[np.ndarray]:
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
-        future: asyncio.Future[list[np.ndarray]] = self._event_loop.create_future()
+        # the worker's loop: on Python 3.11 each get_running_loop() is a getpid() system call
+        future: asyncio.Future[list[np.ndarray]] = self._worker.get_loop().create_future()
         self._queue.put_nowait(_Pending(feeds, rows, future))
         return await future
 

@@ -16,21 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from plexa.serving.proto import grpc_predict_v2_pb2 as pb
 from plexa.serving.protocol import (
     MAX_ROWS,
     BadRequest,
     InferRequest,
     Tensor,
+    all_finite,
     check_inputs,
     check_output,
     little_endian,
     output_datatype,
+    raw_array,
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from plexa.serving.model import ServedModel
 
 # the InferTensorContents field that holds each datatype's values (FP16 has none: raw only)
@@ -101,11 +103,8 @@ def _raw_feeds(
         first = shape[0]
         if not 0 < first <= MAX_ROWS or (rows and first != rows):
             return None
-        if len(data) != first * info.row_bytes:
-            return None
-        # a copy in native order, as `raw_array` makes
-        array = np.frombuffer(data, info.wire_dtype).astype(info.numpy_dtype).reshape(first, *tail)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        array = raw_array(data, info, [first, *tail])  # (a list: quicker than protobuf's)
+        if array is None or not all_finite(array):
             return None
         feeds[name] = array
         rows = first

@@ -178,7 +178,7 @@ class Connection(asyncio.Protocol):
         self.waiting: dict[int, None] = {}  # streams whose answer waits for a window, in order
         self.goaway_sent = False
         self.drained: asyncio.Future[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop  # set when the connection is made
 
     # ---- asyncio.Protocol
 
@@ -401,7 +401,7 @@ class Connection(asyncio.Protocol):
     def _end(self, stream: _Stream) -> None:
         """The request is complete: run its call."""
         stream.done = True
-        stream.task = cast(asyncio.AbstractEventLoop, self.loop).create_task(self._call(stream))
+        stream.task = self.loop.create_task(self._call(stream))
 
     async def _call(self, stream: _Stream) -> None:
         try:

@@ -77,12 +77,6 @@ class TensorInfo:
         """The sizes after the batch axis when none is free, for a quick shape check."""
         return None if -1 in self.shape[1:] else list(self.shape[1:])
 
-    @functools.cached_property
-    def row_bytes(self) -> int:
-        """The bytes of one row on the wire when no size after the batch axis is free, else 0."""
-        tail = self.fixed_tail
-        return 0 if tail is None else math.prod(tail) * self.wire_dtype.itemsize
-
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 

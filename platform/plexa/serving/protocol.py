@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import orjson
 
 from plexa.serving.model import DATATYPES, ServedModel, TensorInfo
-
-if TYPE_CHECKING:
-    import numpy as np
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_ROWS = 4096  # rows in one request; the body limit bounds bytes, this bounds work
@@ -225,22 +223,16 @@ def _from_bytes(tensor: Tensor, info: TensorInfo, shape: list[int]) -> np.ndarra
     return array
 
 
-def raw_array(data: bytes, info: TensorInfo, shape: list[int]) -> np.ndarray | None:
+def raw_array(data: bytes, info: TensorInfo, shape: Sequence[int]) -> np.ndarray | None:
     """Little-endian bytes as an array of the input's dtype and `shape` (a copy, in native
     order); None when their length does not make that shape."""
-    import numpy as np
-
-    count = math.prod(shape)
-    if len(data) != count * info.wire_dtype.itemsize:
+    if len(data) != math.prod(shape) * info.wire_dtype.itemsize:
         return None
-    array = np.frombuffer(data, dtype=info.wire_dtype, count=count)
-    return array.astype(info.numpy_dtype, copy=True).reshape(shape)
+    return np.frombuffer(data, info.wire_dtype).astype(info.numpy_dtype).reshape(shape)
 
 
 def all_finite(array: np.ndarray) -> bool:
     """No NaN or infinity (which no input may hold); true for a non-float array."""
-    import numpy as np
-
     return array.dtype.kind != "f" or bool(np.isfinite(array).all())
 
 
@@ -269,8 +261,6 @@ def _shape(shape: Any, where: str, info: TensorInfo) -> list[int]:
 
 def _from_json(data: Any, field: str, info: TensorInfo, shape: list[int], count: int) -> np.ndarray:
     """JSON numbers (flat or nested, row-major) as an array of the input's dtype."""
-    import numpy as np
-
     if not isinstance(data, list):
         raise BadRequest(f"{field}: must be a list of numbers, not {_kind(data)}")
     try:
@@ -333,17 +323,15 @@ def _outputs(request: dict[str, Any], model: ServedModel, binary_default: bool):
 
 def check_output(at: str, name: str, model: ServedModel) -> None:
     """A requested output is one the model has (both transports)."""
-    names = model.output_names
     if name not in model.outputs_by_name:
+        names = ", ".join(model.output_names)
         raise BadRequest(
-            f"{at}.name: model '{model.name}' has no output '{name}' (outputs: {', '.join(names)})"
+            f"{at}.name: model '{model.name}' has no output '{name}' (outputs: {names})"
         )
 
 
 def little_endian(array: np.ndarray) -> bytes:
     """A tensor's bytes as the protocol sends them: row-major, little-endian."""
-    import numpy as np
-
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
@@ -416,8 +404,6 @@ def parse_predict(request: Any, models: dict[str, ServedModel]) -> tuple[ServedM
     raw values (as the data came, e.g. pixel intensities 0..16), normalised here unless
     `normalised` is true. A sample may also be given flat; a table model's sample is a row,
     `{"column": value, ...}` (see `encode_rows`)."""
-    import numpy as np
-
     if not isinstance(request, dict):
         raise BadRequest(f"the request must be a JSON object, not {_kind(request)}")
     model = choose_model(request, models)
@@ -476,8 +462,6 @@ def encode_rows(table: dict[str, Any], data: Any) -> np.ndarray:
     mean and flagged where training had missing values; a category one-hot, a value training
     never saw in the unknown slot, a missing one in its own slot (the unknown one when
     training had no missing values). A column left out is missing; the target is ignored."""
-    import numpy as np
-
     rows = [data] if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise BadRequest(
